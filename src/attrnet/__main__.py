@@ -1,0 +1,5 @@
+import sys
+
+from attrnet.cli import main
+
+sys.exit(main())

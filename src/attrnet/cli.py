@@ -1,0 +1,196 @@
+"""The `attrnet` command: parses arguments, calls one library function, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from attrnet.errors import AttrnetError
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a config file",
+                       description="Train from a YAML config; key=value arguments override it "
+                                   "(values are YAML: data.attributes=[Smiling,Male] train.epochs=5).")
+    p.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
+    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints/last.pt")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a trained model on labelled images",
+                       description="Metrics per attribute at the checkpoint's tuned thresholds.")
+    p.add_argument("checkpoint", help="a run folder or a .pt checkpoint")
+    p.add_argument("--data", help="data folder (default: the one the run was trained on)")
+    p.add_argument("--format", help="data format (default: the run's): celeba, csv, clothing, awa2")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--out", help="write the metrics as JSON to this file")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=512)
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="predict attributes of images or folders",
+                       description="Per-attribute probability and 0/1 decision for each image.")
+    p.add_argument("checkpoint", help="a run folder or a .pt checkpoint")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--out", help="FILE.csv or FILE.json (default: a table on standard output)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="make or inspect data sets")
+    dsub = p.add_subparsers(dest="data_command", metavar="{synth,inspect}", required=True)
+    s = dsub.add_parser("synth", help="draw synthetic faces in the CelebA layout",
+                        description="Synthetic faces with the seed's 8 attributes, in the CelebA layout.")
+    s.add_argument("--out", required=True, help="folder to write")
+    s.add_argument("--n", type=int, default=4000, help="number of images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=64, help="image width and height in pixels")
+    i = dsub.add_parser("inspect", help="counts, label rates and image sizes of a data set",
+                        description="Counts, positive and unknown rates per attribute, image sizes, "
+                                    "unreadable files.")
+    i.add_argument("root", help="data folder")
+    i.add_argument("--format", default=None, help="celeba, csv, clothing or awa2 (default: guessed)")
+    i.add_argument("--labels", default="labels.csv", help="csv format: the label file")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="synthesise data, train a small model, evaluate (a few minutes on CPU)",
+                       description="Synthesise faces if absent, train, evaluate, print the table.")
+    p.add_argument("--out", default="runs", help="folder for the data and the run (default: runs)")
+    p.add_argument("--device", default="auto")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="training and prediction throughput, one JSON line per case",
+                       description="Compare the seed's loop, a plain DataLoader loop and attrnet's pipeline.")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--n", type=int, default=0, help="images (default: 512 on CPU, 20000 on GPU)")
+    p.add_argument("--image-size", type=int, default=0, help="default: 64 on CPU, 128 on GPU")
+    p.add_argument("--batch-size", type=int, default=0, help="default: 64 on CPU, 512 on GPU")
+    p.add_argument("--attributes", type=int, default=40)
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--cases", default="all", help="comma-separated case names, or all")
+    p.add_argument("--data", help="a CelebA-layout folder to read (default: synthetic JPEGs written once)")
+    p.add_argument("--workdir", default=None, help="where to write synthetic data and the cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attrnet", description="Multi-task prediction of binary image attributes.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_demo, _add_train, _add_evaluate, _add_predict, _add_data, _add_bench):
+        add(sub)
+    return parser
+
+
+def cmd_train(args) -> None:
+    from attrnet.config import load_config
+    from attrnet.engine.train import fit
+    from attrnet.report import format_table
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "default")
+    if cfg.mtl.enabled:
+        from attrnet.mtl.pipeline import run_mtl
+        result = run_mtl(cfg, out)
+    else:
+        result = fit(cfg, out, resume=args.resume)
+    if result is not None:
+        print(format_table(result))
+        print(f"\nrun folder: {out}  (metrics.json, checkpoints/, plots/)")
+
+
+def cmd_evaluate(args) -> None:
+    from attrnet import atomic, report
+    from attrnet.engine.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.format, args.split, args.device, args.batch_size)
+    print(report.format_table(result))
+    if result.get("skipped_unreadable"):
+        print(f"skipped {result['skipped_unreadable']} unreadable image(s)")
+    if args.out:
+        atomic.write_json(args.out, report.to_jsonable(result))
+        print(f"wrote {args.out}")
+
+
+def cmd_predict(args) -> None:
+    from attrnet.predict import Predictor, predict_to_file
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+    n, bad, rows = predict_to_file(predictor, args.paths, args.out, args.batch_size)
+    if not args.out:
+        names = predictor.attributes
+        width = max(len(r["image"]) for r in rows) if rows else 5
+        print("image".ljust(width), " ".join(names))
+        for r in rows:
+            print(r["image"].ljust(width), " ".join(f"{r['probabilities'][a]:.2f}".rjust(len(a)) for a in names))
+    else:
+        print(f"wrote {n} predictions to {args.out}")
+    if bad:
+        print(f"skipped {len(bad)} unreadable image(s), e.g. {bad[0]}", file=sys.stderr)
+
+
+def cmd_data(args) -> None:
+    if args.data_command == "synth":
+        from attrnet.data.synthetic import write_synthetic_celeba
+
+        t0 = time.perf_counter()
+        write_synthetic_celeba(args.out, args.n, args.seed, size=(args.size, args.size))
+        print(f"wrote {args.n} synthetic faces to {args.out} in {time.perf_counter() - t0:.1f}s")
+    else:
+        from attrnet.data.inspect import inspect_folder, format_inspection
+
+        print(format_inspection(inspect_folder(args.root, args.format, args.labels)))
+
+
+def cmd_demo(args) -> None:
+    from attrnet.demo import run_demo
+    from attrnet.report import format_table
+
+    t0 = time.perf_counter()
+    result, run_dir = run_demo(Path(args.out), args.device)
+    print(format_table(result))
+    print(f"\nmean accuracy {result['mean_accuracy']:.3f} on the synthetic test split "
+          f"(majority-class baseline {result['mean_majority_accuracy']:.3f}) in {time.perf_counter() - t0:.0f}s")
+    print(f"plots: {run_dir / 'plots' / 'attribute_accuracy.png'}, {run_dir / 'plots' / 'training_curves.png'}")
+    print(f"try:   attrnet predict {run_dir} {args.out}/synthetic-data/img_align_celeba/000001.jpg")
+
+
+def cmd_bench(args) -> None:
+    from attrnet.bench import run_bench
+
+    for row in run_bench(args):
+        print(json.dumps(row), flush=True)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
+            "demo": cmd_demo, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("PIL").setLevel(logging.WARNING)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    try:
+        COMMANDS[args.command](args)
+    except AttrnetError as exc:
+        print(f"attrnet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attrnet: interrupted (checkpoints written so far are intact; --resume continues)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Configs as data: dataclasses read from YAML, with dotted `key=value` overrides.
+
+Unknown sections or keys are errors that list the valid ones, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attrnet.errors import AttrnetError
+
+# The eight attributes of the original CelebA script (seed 000).
+SEED8 = ["Eyeglasses", "Male", "Smiling", "Wearing_Hat",
+         "Wearing_Necklace", "Wearing_Necktie", "Wearing_Earrings", "Wearing_Lipstick"]
+ATTRIBUTE_PRESETS = {"seed8": SEED8}
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"
+    format: str = "celeba"            # celeba | csv | clothing | awa2
+    labels: str = "labels.csv"        # csv format: label file, relative to root (or absolute)
+    attributes: Any = None            # None = all, a list of names, or a preset name ("seed8")
+    image_size: Any = 128             # int (square) or [height, width]
+    grayscale: bool = False
+    resize: str = "squash"            # squash (whole image to size) | crop (short side, then centre crop)
+    val_fraction: float = 0.1         # used when the format has no official partition
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    awa2_split: str = "classes"       # classes (seen/unseen) | random
+    bad_images: str = "skip"          # skip (count and leave out) | error
+    cache_dir: str | None = None      # decoded-image cache; default ~/.cache/attrnet or $ATTRNET_CACHE
+    cache_on_device: Any = "auto"     # keep the whole decoded set in GPU memory: auto | true | false
+    workers: int = 0                  # decode processes; 0 = all cores
+    groups: Any = None                # None, a preset name (celeba | clothing | awa2) or {group: [names]}
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    pretrained: Any = False           # false | true (torchvision ImageNet weights) | path to a weights file
+    small_input: bool = False         # 3x3 stride-1 stem without max-pool, for images of 64 px or less
+    trunk: list = field(default_factory=list)   # hidden sizes of the shared MLP, e.g. [4096, 4096]
+    trunk_dropout: float = 0.5
+    head_hidden: int = 0              # 0 = one linear classifier per attribute; >0 = an MLP head per attribute
+    head: str = "independent"         # independent (one head per attribute) | latent (w_m = L s^m)
+    latent_tasks: int = 0             # K for head=latent; 0 = min(M, 16)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    schedule: str = "cosine"          # cosine (linear warm-up, then cosine) | onecycle | constant
+    warmup_epochs: float = 1.0
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    precision: str = "auto"           # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    channels_last: Any = "auto"
+    compile: bool = False
+    pos_weight: bool = False          # weigh positives by negatives/positives per attribute (imbalanced labels)
+    flip: bool = True
+    shift: float = 0.0625             # random shift, as a fraction of the image size
+    threshold_metric: str = "accuracy"  # what per-attribute thresholds are tuned for on val
+    max_steps_per_epoch: int = 0      # 0 = whole epoch (small values for smoke tests)
+    log_every: int = 50
+
+
+@dataclass
+class MTLConfig:
+    """The paper's latent-task model (Abdulnabi et al. 2015), trained on CNN features."""
+
+    enabled: bool = False
+    features: str = "shared"          # shared (one backbone) | per_attribute (M single-attribute CNNs)
+    latent_tasks: int = 0             # K; 0 = min(M, 16)
+    mu: float = 1.0                   # group-sparsity weight on S
+    gamma: float = 0.01               # l1 weight on L
+    lam: float = 0.1                  # Frobenius weight on L
+    max_outer: int = 30
+    tol: float = 1e-5
+    fit_bias: bool = True
+    balance: bool = False             # weigh examples so each attribute's classes count equally
+    feature_epochs: int = 5           # epochs of each single-attribute CNN (features=per_attribute)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mtl: MTLConfig = field(default_factory=MTLConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def image_hw(self) -> tuple[int, int]:
+        size = self.data.image_size
+        if isinstance(size, int):
+            return size, size
+        if isinstance(size, (list, tuple)) and len(size) == 2:
+            return int(size[0]), int(size[1])
+        raise AttrnetError(f"data.image_size must be an integer or [height, width], got {size!r}")
+
+    def attribute_names(self) -> list[str] | None:
+        attrs = self.data.attributes
+        if attrs is None or isinstance(attrs, list):
+            return attrs
+        if isinstance(attrs, str):
+            if attrs in ATTRIBUTE_PRESETS:
+                return list(ATTRIBUTE_PRESETS[attrs])
+            if attrs == "all":
+                return None
+            raise AttrnetError(f"data.attributes: unknown preset {attrs!r}; use a list of names, "
+                               f"'all' or one of: {', '.join(ATTRIBUTE_PRESETS)}")
+        raise AttrnetError(f"data.attributes must be a list of names or a preset name, got {attrs!r}")
+
+
+def _section_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def config_from_dict(raw: dict | None, origin: str = "config") -> Config:
+    """Build a Config from nested dicts; unknown sections or keys are an AttrnetError."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise AttrnetError(f"{origin}: expected a mapping of sections (data, model, train, mtl)")
+    sections = _section_fields(Config)
+    kwargs = {}
+    for name, value in raw.items():
+        if name not in sections:
+            raise AttrnetError(f"{origin}: unknown section {name!r}; valid sections: {', '.join(sections)}")
+        cls = sections[name].default_factory  # type: ignore[misc]
+        value = value or {}
+        if not isinstance(value, dict):
+            raise AttrnetError(f"{origin}: section {name!r} must be a mapping of keys")
+        valid = _section_fields(cls)
+        unknown = [k for k in value if k not in valid]
+        if unknown:
+            raise AttrnetError(f"{origin}: unknown key {name}.{unknown[0]}; valid keys in {name}: "
+                               f"{', '.join(valid)}")
+        kwargs[name] = cls(**value)
+    cfg = Config(**kwargs)
+    _check_types(cfg, origin)
+    return cfg
+
+
+def _check_types(cfg: Config, origin: str) -> None:
+    """Reject values whose type cannot be what the key means (a string for epochs, say)."""
+    for section in ("data", "model", "train", "mtl"):
+        obj = getattr(cfg, section)
+        defaults = type(obj)()
+        for f in dataclasses.fields(obj):
+            value, default = getattr(obj, f.name), getattr(defaults, f.name)
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise AttrnetError(f"{origin}: {section}.{f.name} must be true or false, got {value!r}")
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise AttrnetError(f"{origin}: {section}.{f.name} must be a number, got {value!r}")
+                if isinstance(default, float):
+                    setattr(obj, f.name, float(value))
+                elif not float(value).is_integer():
+                    raise AttrnetError(f"{origin}: {section}.{f.name} must be a whole number, got {value!r}")
+                else:
+                    setattr(obj, f.name, int(value))
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings to nested dicts; values are parsed as YAML."""
+    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    for item in overrides:
+        if "=" not in item:
+            raise AttrnetError(f"override {item!r} must look like section.key=value, e.g. train.epochs=5")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise AttrnetError(f"override key {key!r} must be section.key, e.g. data.image_size")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            raise AttrnetError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+        raw.setdefault(parts[0], {})[parts[1]] = parsed
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when path is None) and apply overrides."""
+    raw: dict = {}
+    origin = "overrides"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise AttrnetError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise AttrnetError(f"{path}: not valid YAML ({exc})") from None
+        origin = str(path)
+    return config_from_dict(apply_overrides(raw, overrides or []), origin)

@@ -1,0 +1,41 @@
+"""Batch augmentation and normalisation on the batch's device: no per-image Python work."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def augment(x: torch.Tensor, flip: bool, shift: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random horizontal flips and random translations (edge-padded) of a uint8 batch [B, C, H, W]."""
+    b, _, h, w = x.shape
+    if flip:
+        mask = torch.rand(b, device=x.device, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    pad_h, pad_w = int(round(shift * h)), int(round(shift * w))
+    if pad_h or pad_w:
+        # Pad once, then gather each image's window at its own random offset.
+        padded = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode="replicate") if x.is_floating_point() \
+            else F.pad(x.float(), (pad_w, pad_w, pad_h, pad_h), mode="replicate").to(x.dtype)
+        dy = torch.randint(0, 2 * pad_h + 1, (b,), device=x.device, generator=generator)
+        dx = torch.randint(0, 2 * pad_w + 1, (b,), device=x.device, generator=generator)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]   # [B, 1, H, 1]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]   # [B, 1, 1, W]
+        bidx = torch.arange(b, device=x.device)[:, None, None, None]
+        cidx = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = padded[bidx, cidx, rows, cols]
+    return x
+
+
+def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float, scaled to [0, 1] and standardised with ImageNet statistics."""
+    c = x.shape[1]
+    mean = torch.tensor(IMAGENET_MEAN if c == 3 else (sum(IMAGENET_MEAN) / 3,), device=x.device)
+    std = torch.tensor(IMAGENET_STD if c == 3 else (sum(IMAGENET_STD) / 3,), device=x.device)
+    out = (x.float() / 255.0 - mean[:, None, None]) / std[:, None, None]
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out.to(dtype)

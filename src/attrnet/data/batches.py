@@ -1,0 +1,102 @@
+"""Mini-batches sliced from the decoded cache, in a seeded order that a resumed run can repeat."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+class BatchLoader:
+    """Yields (uint8 images [B, C, H, W], labels [B, M]) on `device` from rows `indices` of the cache.
+
+    images may be a numpy array (memory-mapped cache, sliced on the host and copied over) or a tensor
+    already on the device (the whole cache in GPU memory; batches are then slices there).
+    With world_size > 1 every rank draws the same global order and takes its own slice of each
+    global batch, so the ranks together see exactly what one process with the same global batch sees.
+    """
+
+    def __init__(self, images, labels: np.ndarray, indices: np.ndarray, batch_size: int, device: torch.device,
+                 shuffle: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0,
+                 world_size: int = 1, prefetch: int = 2):
+        if shuffle and batch_size % world_size:
+            raise ValueError(f"global batch {batch_size} is not divisible by world size {world_size}")
+        self.images, self.indices = images, np.asarray(indices, dtype=np.int64)
+        self.on_device = isinstance(images, torch.Tensor) and images.device.type != "cpu"
+        self.labels = torch.as_tensor(labels, dtype=torch.float32)
+        if self.on_device:
+            self.labels = self.labels.to(device)
+        self.batch_size, self.device, self.shuffle, self.seed = batch_size, device, shuffle, seed
+        self.drop_last, self.rank, self.world_size, self.prefetch = drop_last, rank, world_size, prefetch
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def batch_indices(self, epoch: int) -> list[np.ndarray]:
+        """This rank's row indices for each batch of `epoch` (deterministic in seed and epoch)."""
+        order = self.indices
+        if self.shuffle:
+            order = order[np.random.default_rng([self.seed, epoch]).permutation(len(order))]
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.world_size > 1:
+            batches = [np.array_split(b, self.world_size)[self.rank] for b in batches]
+        return batches
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self.batch_indices(epoch)
+        if self.on_device:
+            for idx in batches:
+                t = torch.from_numpy(idx).to(self.device, non_blocking=True)
+                yield self.images.index_select(0, t), self.labels.index_select(0, t)
+            return
+        yield from self._host_batches(batches)
+
+    def _gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # Sorted reads are sequential in the memory-mapped file; the order within a batch does not matter
+        # for training, and evaluation uses unshuffled (already sorted) indices.
+        idx = np.sort(idx)
+        x = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
+        y = self.labels[torch.from_numpy(idx)]
+        if self.device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def _host_batches(self, batches: list[np.ndarray]):
+        """Gather batches in a background thread so reading the cache overlaps the model's work."""
+        q: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
+        stop = threading.Event()
+
+        def worker():
+            try:
+                for idx in batches:
+                    if stop.is_set():
+                        return
+                    q.put(self._gather(idx))
+            except BaseException as exc:  # surfaced in the consumer
+                q.put(exc)
+            q.put(None)
+
+        thread = threading.Thread(target=worker, daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                x, y = item
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)

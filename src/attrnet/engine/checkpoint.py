@@ -1,0 +1,42 @@
+"""Checkpoints: one dict with everything needed to resume a run or rebuild its predictor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attrnet import atomic
+from attrnet.errors import AttrnetError
+
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, **state: Any) -> None:
+    """Write atomically (temp file, then rename): a run killed mid-write leaves the old file intact."""
+    atomic.save_torch(path, {"version": CHECKPOINT_VERSION, **state})
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file, or the best checkpoint of a run folder."""
+    path = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise AttrnetError(f"{path}: not a readable attrnet checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "attributes" not in ckpt:
+        raise AttrnetError(f"{path}: not an attrnet checkpoint (no model or attribute list)")
+    return ckpt
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
+            if candidate.is_file():
+                return candidate
+        raise AttrnetError(f"{path}: no checkpoints/best.pt in this run folder")
+    if not path.is_file():
+        raise AttrnetError(f"checkpoint not found: {path}")
+    return path

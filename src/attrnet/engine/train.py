@@ -1,0 +1,323 @@
+"""fit(): train an AttributeNet from a Config into a run folder; train_one_epoch and predict_probs."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from attrnet import atomic, metrics, report
+from attrnet.config import Config
+from attrnet.data.augment import augment, normalize
+from attrnet.data.batches import BatchLoader
+from attrnet.engine import distributed as ddp
+from attrnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from attrnet.engine.setup import PreparedData, images_for_device, make_loader, prepare_data, resolve_device
+from attrnet.errors import AttrnetError
+from attrnet.losses import masked_bce
+from attrnet.models.build import build_model
+
+log = logging.getLogger(__name__)
+
+
+class Precision:
+    """bf16 autocast and channels_last on GPU, plain fp32 on CPU (unless the config says otherwise)."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        p = cfg.train.precision
+        if p not in ("auto", "bf16", "fp32"):
+            raise AttrnetError(f"train.precision must be auto, bf16 or fp32, got {p!r}")
+        self.bf16 = p == "bf16" or (p == "auto" and device.type == "cuda")
+        cl = cfg.train.channels_last
+        self.channels_last = device.type == "cuda" if cl == "auto" else bool(cl)
+        self.device_type = device.type
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=torch.bfloat16)
+
+
+def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norm parameters; fused kernels on GPU."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=device.type == "cuda")
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
+    total = max(1, cfg.train.epochs * steps_per_epoch)
+    kind = cfg.train.schedule
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.train.lr, total_steps=total)
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    if kind != "cosine":
+        raise AttrnetError(f"unknown train.schedule {kind!r}; valid: cosine, onecycle, constant")
+    warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def compute_pos_weight(labels: np.ndarray) -> torch.Tensor:
+    """negatives / positives per attribute on the training rows, clipped to [0.05, 50]."""
+    pos = np.nansum(labels, axis=0)
+    neg = np.sum(labels == 0, axis=0)
+    return torch.tensor(np.clip(neg / np.maximum(pos, 1), 0.05, 50.0), dtype=torch.float32)
+
+
+def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler, cfg: Config,
+                    precision: Precision, epoch: int, pos_weight: torch.Tensor | None = None,
+                    dist: ddp.DistInfo = ddp.DistInfo(), progress: bool = True, after_step=None) -> float:
+    """One pass over the training batches; returns the mean training loss (one host sync, at the end)."""
+    model.train()
+    device = loader.device
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 100_003 + epoch)
+    torch.manual_seed(cfg.train.seed * 7919 + epoch * 31 + dist.rank)  # dropout: repeatable on resume
+    loss_sum = torch.zeros((), device=device)
+    steps = 0
+    limit = cfg.train.max_steps_per_epoch or None
+    batches = loader.epoch(epoch)
+    bar = tqdm(batches, total=min(len(loader), limit or len(loader)), desc=f"epoch {epoch + 1}",
+               leave=False, disable=not (progress and dist.is_main), unit="batch")
+    for x, y in bar:
+        x = normalize(augment(x, cfg.train.flip, cfg.train.shift, gen), channels_last=precision.channels_last)
+        with precision.autocast():
+            logits = model(x)
+        loss = masked_bce(logits, y, pos_weight)
+        if dist.enabled:
+            # DDP averages gradients over ranks; scale so the result is the mean over the global batch's
+            # known labels, exactly as one process would compute it.
+            known = (~torch.isnan(y)).sum().float()
+            total = ddp.all_reduce_sum(known.clone(), dist)
+            loss = loss * known.clamp_min(1) * dist.world_size / total.clamp_min(1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if after_step is not None:
+            after_step()
+        loss_sum += loss.detach()
+        steps += 1
+        if progress and dist.is_main and steps % cfg.train.log_every == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}")  # host sync, only every log_every steps
+        if limit and steps >= limit:
+            break
+    ddp.all_reduce_sum(loss_sum, dist)
+    return loss_sum.item() / max(1, steps * dist.world_size)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, loader: BatchLoader, precision: Precision,
+                  dist: ddp.DistInfo = ddp.DistInfo()) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid probabilities and labels for every row of the loader (all ranks' rows, in order)."""
+    model.eval()
+    probs, labels = [], []
+    for x, y in loader.epoch(0):
+        x = normalize(x, channels_last=precision.channels_last)
+        with precision.autocast():
+            probs.append(torch.sigmoid(model(x).float()))
+        labels.append(y)
+    p = torch.cat(probs) if probs else torch.zeros(0, loader.labels.shape[1])
+    t = torch.cat(labels) if labels else torch.zeros(0, loader.labels.shape[1])
+    p, t = ddp.gather_rows(p, dist), ddp.gather_rows(t, dist)
+    return p.cpu().numpy(), t.cpu().numpy()
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic.write_text(run_dir / "metrics.csv", buf.getvalue())
+
+
+def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+        data: PreparedData | None = None) -> dict:
+    """Train, keep the best epoch by validation mean accuracy, tune thresholds, evaluate on test."""
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.train.device)
+    dist = ddp.init_distributed(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    ckpt_dir = run_dir / "checkpoints"
+    if dist.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "plots").mkdir(exist_ok=True)
+        import yaml
+        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    data = data or prepare_data(cfg, progress=progress and dist.is_main)
+    names = data.table.names
+    train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
+    if len(train_idx) == 0:
+        raise AttrnetError(f"{data.table.source}: the training split is empty")
+    in_chans = 1 if cfg.data.grayscale else 3
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, len(names), in_chans).to(device)
+    precision = Precision(cfg, device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if dist.enabled and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
+    train_loader = make_loader(images, data, train_idx, cfg.train.batch_size, device, True, cfg.train.seed,
+                               dist.rank, dist.world_size)
+    steps = min(len(train_loader), cfg.train.max_steps_per_epoch or len(train_loader))
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    pos_weight = compute_pos_weight(data.table.labels[train_idx]).to(device) if cfg.train.pos_weight else None
+
+    start_epoch, history, best = 0, [], -1.0
+    last_path = ckpt_dir / "last.pt"
+    if resume and last_path.is_file():
+        ckpt = load_checkpoint(last_path)
+        check_attributes(ckpt, names, last_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best_metric"]
+        log.info("resumed from %s at epoch %d", last_path, start_epoch + 1)
+    elif resume:
+        log.warning("--resume: no %s yet, starting from scratch", last_path)
+
+    train_model = nn.parallel.DistributedDataParallel(model) if dist.enabled else model
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+    after_step = proximal_step_fn(model, cfg, data.groups, names, scheduler)
+    val_loader = make_loader(images, data, val_idx, cfg.train.batch_size * 2, device, False,
+                             rank=dist.rank, world_size=dist.world_size)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.perf_counter()
+        train_loss = train_one_epoch(train_model, train_loader, optimizer, scheduler, cfg, precision, epoch,
+                                     pos_weight, dist, progress, after_step)
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "train/loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
+               "seconds": round(seconds, 2), "train/images_per_s": round(steps * cfg.train.batch_size / seconds, 1)}
+        if len(val_idx):
+            probs, labels = predict_probs(model, val_loader, precision, dist)
+            m = metrics.attribute_metrics(probs, labels, names)
+            with torch.no_grad():
+                val_loss = masked_bce(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
+                                      torch.from_numpy(labels)).item()
+            row.update({"val/loss": round(val_loss, 6), "val/mean_accuracy": m["mean_accuracy"],
+                        "val/mean_balanced_accuracy": m["mean_balanced_accuracy"]})
+        history.append(row)
+        score = row.get("val/mean_accuracy", -train_loss)
+        if dist.is_main:
+            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                         scheduler=scheduler.state_dict(), epoch=epoch, history=history,
+                         best_metric=max(best, score), **model_meta(cfg, names, data.groups))
+            if score > best:
+                save_checkpoint(ckpt_dir / "best.pt", **state)
+            save_checkpoint(last_path, **state)  # last: written after best, so resume never skips a best
+            _write_history(run_dir, history)
+            log.info("epoch %d/%d  loss %.4f  val acc %s  %.1fs  %.0f img/s", epoch + 1, cfg.train.epochs,
+                     train_loss, f"{row.get('val/mean_accuracy', float('nan')):.4f}", seconds,
+                     row["train/images_per_s"])
+        best = max(best, score)
+        ddp.barrier(dist)
+    result = finish(cfg, run_dir, data, device, precision, dist, val_idx, test_idx, history)
+    ddp.shutdown(dist)
+    return result
+
+
+def proximal_step_fn(model: nn.Module, cfg: Config, groups, names: list[str], scheduler):
+    """For the latent-task head: the proximal steps of the paper's penalties after each optimizer step."""
+    if cfg.model.head != "latent":
+        return None
+    from attrnet.mtl.prox import group_soft_threshold, soft_threshold
+
+    head = model.heads
+    group_ids = _group_ids(groups, names)
+
+    @torch.no_grad()
+    def step() -> None:
+        lr = scheduler.get_last_lr()[0]
+        head.S.copy_(group_soft_threshold(head.S, group_ids.to(head.S.device), lr * cfg.mtl.mu))
+        head.L.copy_(soft_threshold(head.L, lr * cfg.mtl.gamma))
+    return step
+
+
+def _group_ids(groups, names: list[str]) -> torch.Tensor:
+    if not groups:
+        return torch.arange(len(names))  # every attribute its own group: plain l1/l2 per entry
+    lookup = {a: gi for gi, attrs in enumerate(groups.values()) for a in attrs}
+    return torch.tensor([lookup[n] for n in names])
+
+
+def model_meta(cfg: Config, names: list[str], groups) -> dict:
+    """What a checkpoint needs besides weights to rebuild and use the model on its own."""
+    return dict(config=cfg.to_dict(), attributes=list(names), groups=groups,
+                image_size=list(cfg.image_hw()), grayscale=cfg.data.grayscale, resize=cfg.data.resize)
+
+
+def check_attributes(ckpt: dict, names: list[str], where) -> None:
+    if list(ckpt["attributes"]) != list(names):
+        raise AttrnetError(f"{where}: checkpoint was trained on attributes {ckpt['attributes'][:6]}... "
+                           f"({len(ckpt['attributes'])}), not this run's {len(names)} attributes")
+
+
+def finish(cfg: Config, run_dir: Path, data: PreparedData, device, precision, dist, val_idx, test_idx,
+           history) -> dict:
+    """Load best.pt, tune per-attribute thresholds on val, evaluate on test, write JSON and plots."""
+    names = data.table.names
+    best_path = run_dir / "checkpoints" / "best.pt"
+    ddp.barrier(dist)
+    ckpt = load_checkpoint(best_path)
+    model = build_model(cfg.model, len(names), 1 if cfg.data.grayscale else 3).to(device)
+    model.load_state_dict(ckpt["model"])
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
+    bs = cfg.train.batch_size * 2
+    thresholds = np.full(len(names), 0.5)
+    if len(val_idx):
+        vp, vl = predict_probs(model, make_loader(images, data, val_idx, bs, device, False, rank=dist.rank,
+                                                  world_size=dist.world_size), precision, dist)
+        thresholds = metrics.tune_thresholds(vp, vl, cfg.train.threshold_metric)
+    eval_idx = test_idx if len(test_idx) else val_idx
+    probs, labels = predict_probs(model, make_loader(images, data, eval_idx, bs, device, False, rank=dist.rank,
+                                                     world_size=dist.world_size), precision, dist)
+    result = evaluation_report(probs, labels, names, thresholds, data.groups)
+    result["split"] = "test" if len(test_idx) else "val"
+    result["epochs"] = len(history)
+    if dist.is_main:
+        ckpt["thresholds"] = thresholds.tolist()
+        save_checkpoint(best_path, **{k: v for k, v in ckpt.items() if k != "version"})
+        atomic.write_json(run_dir / "metrics.json", report.to_jsonable(result))
+        report.plot_attribute_accuracy(result, run_dir / "plots" / "attribute_accuracy.png",
+                                       title=f"{result['split']} split, mean accuracy {result['mean_accuracy']:.3f}")
+        report.plot_training_curves(history, run_dir / "plots" / "training_curves.png")
+    return result
+
+
+def evaluation_report(probs: np.ndarray, labels: np.ndarray, names: list[str], thresholds: np.ndarray,
+                      groups=None) -> dict:
+    """Metrics at the tuned thresholds, with the figures at 0.5 and the majority baseline beside them."""
+    result = metrics.attribute_metrics(probs, labels, names, thresholds)
+    at_half = metrics.attribute_metrics(probs, labels, names, 0.5)
+    majority = metrics.majority_accuracy(labels, names)
+    result["mean_accuracy_at_0.5"] = at_half["mean_accuracy"]
+    result["mean_majority_accuracy"] = majority["mean_accuracy"]
+    for name in names:
+        result["attributes"][name]["accuracy_at_0.5"] = at_half["attributes"][name]["accuracy"]
+        result["attributes"][name]["majority_accuracy"] = majority["attributes"][name]["accuracy"]
+    if groups:
+        result["groups"] = metrics.group_metrics(result["attributes"], groups)
+    return result

@@ -1,0 +1,272 @@
+"""Turning metrics into JSON, text tables and PNG figures (all files written atomically)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from attrnet.atomic import atomic_path
+
+DPI = 130
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively turn numpy scalars/arrays into Python values and NaN/inf into None."""
+    if isinstance(obj, Mapping):
+        return {(to_jsonable(k) if isinstance(k, np.generic) else k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _fmt(x: Any, width: int, digits: int = 3) -> str:
+    if x is None or (isinstance(x, (float, np.floating)) and not math.isfinite(x)):
+        return "-".rjust(width)
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return str(int(x)).rjust(width)
+    if isinstance(x, (float, np.floating)):
+        return f"{x:.{digits}f}".rjust(width)
+    return str(x).rjust(width)
+
+
+def _baseline_acc(baseline: Mapping, name: str) -> float:
+    v = baseline.get("attributes", {}).get(name)
+    if isinstance(v, Mapping):
+        v = v.get("accuracy")
+    return float("nan") if v is None else float(v)
+
+
+def _table(header: list[str], rows: list[list[Any]], footer: list[Any] | None = None) -> list[str]:
+    """Left-aligned first column, right-aligned numbers, rules under the header and above the footer."""
+    first = max([len(header[0])] + [len(str(r[0])) for r in rows + ([footer] if footer else [])])
+    widths = [first] + [max(8, len(h)) for h in header[1:]]
+    line = lambda cells: "  ".join(  # noqa: E731
+        [str(cells[0]).ljust(widths[0])] + [_fmt(c, w) for c, w in zip(cells[1:], widths[1:])])
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    out = [line(header), rule] + [line(r) for r in rows]
+    return out + ([rule, line(footer)] if footer else [])
+
+
+def format_table(metrics: Mapping, baseline: Mapping | None = None) -> str:
+    """Fixed-width table: one row per attribute and a final MEAN row; NaN printed as "-".
+
+    baseline (e.g. ``metrics.majority_accuracy(...)``) adds its accuracy and the gain over it.
+    If ``metrics`` has "groups" (``metrics.group_metrics``), a table of group means follows.
+    """
+    attrs: Mapping[str, Mapping] = metrics.get("attributes", {})
+    header = ["attribute", "accuracy", "bal_acc", "f1", "avg_prec", "thresh", "pos_rate", "n_known"]
+    if baseline is not None:
+        header += ["base_acc", "gain"]
+    rows: list[list[Any]] = []
+    for name, a in attrs.items():
+        row = [name, a.get("accuracy"), a.get("balanced_accuracy"), a.get("f1"),
+               a.get("average_precision"), a.get("threshold"), a.get("positive_rate"), a.get("n_known")]
+        if baseline is not None:
+            b = _baseline_acc(baseline, name)
+            row += [b, (a.get("accuracy") if a.get("accuracy") is not None else float("nan")) - b]
+        rows.append(row)
+    mean = ["MEAN", metrics.get("mean_accuracy"), metrics.get("mean_balanced_accuracy"),
+            metrics.get("mean_f1"), metrics.get("mean_average_precision"), None, None,
+            metrics.get("n_images")]
+    if baseline is not None:
+        b = baseline.get("mean_accuracy")
+        b = float("nan") if b is None else float(b)
+        ma = metrics.get("mean_accuracy")
+        mean += [b, (float("nan") if ma is None else float(ma)) - b]
+    lines = _table(header, rows, mean)
+    groups: Mapping[str, Mapping] = metrics.get("groups") or {}
+    if groups:
+        gheader = ["group", "n_attr", "accuracy", "bal_acc", "f1", "avg_prec"]
+        grows = [[g, len(v.get("attributes", [])), v.get("mean_accuracy"), v.get("mean_balanced_accuracy"),
+                  v.get("mean_f1"), v.get("mean_average_precision")] for g, v in groups.items()]
+        lines += ["", "groups (means over each group's attributes)"] + _table(gheader, grows)
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    plt = _pyplot()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_attribute_accuracy(metrics: Mapping, path: str | Path, title: str = "") -> Path:
+    """Horizontal bars of accuracy and balanced accuracy per attribute (sorted by accuracy), the
+    majority-class baseline as a marker where present, and the mean accuracy as a vertical line."""
+    plt = _pyplot()
+    attrs: Mapping[str, Mapping] = metrics.get("attributes", {})
+    val = lambda a, k: float("nan") if a.get(k) is None else float(a[k])  # noqa: E731
+    names = sorted(attrs, key=lambda n: (-1.0 if math.isnan(val(attrs[n], "accuracy"))
+                                         else val(attrs[n], "accuracy")))
+    acc = np.array([val(attrs[n], "accuracy") for n in names])
+    bal = np.array([val(attrs[n], "balanced_accuracy") for n in names])
+    maj = np.array([val(attrs[n], "majority_accuracy") for n in names])
+    m = len(names)
+    fig, ax = plt.subplots(figsize=(8.0, 1.8 + 0.26 * max(m, 4)))
+    y = np.arange(m)
+    h = 0.38
+    ax.barh(y + h / 2, acc, height=h, color="#1f77b4", label="accuracy")
+    ax.barh(y - h / 2, bal, height=h, color="#ff7f0e", alpha=0.85, label="balanced accuracy")
+    if np.isfinite(maj).any():
+        ax.scatter(maj, y, marker="|", s=160, linewidths=2.2, color="black", zorder=3,
+                   label="majority-class baseline")
+    mean_acc = metrics.get("mean_accuracy")
+    if mean_acc is not None and math.isfinite(float(mean_acc)):
+        ax.axvline(float(mean_acc), color="crimson", linestyle="--", linewidth=1.2,
+                   label=f"mean accuracy = {float(mean_acc):.3f}")
+    shown = np.concatenate([acc, bal, maj])
+    shown = shown[np.isfinite(shown)]
+    lo = 0.0 if shown.size == 0 else max(0.0, min(0.5, math.floor((shown.min() - 0.05) * 10) / 10))
+    ax.set_xlim(lo, 1.0)
+    ax.set_ylim(-0.7, m - 0.3)
+    ax.set_yticks(y, names, fontsize=8 if m <= 50 else 6)
+    ax.set_xlabel("score" + (f" (axis starts at {lo:.1f})" if lo > 0 else ""))
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title or f"Per-attribute accuracy ({m} attributes)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.9 / (1.8 + 0.26 * max(m, 4))), ncol=2,
+              fontsize=8, frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_training_curves(rows: Sequence[Mapping], path: str | Path) -> Path:
+    """Two panels against epoch: every "*loss*" key (with "lr" on a log-scale twin axis) and every
+    accuracy/F1/AP key (only the "mean" ones when there are some). Missing or non-numeric values
+    are skipped; a row without "epoch" counts as epoch index + 1."""
+    plt = _pyplot()
+    def series(key: str) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for i, r in enumerate(rows):
+            v = r.get(key)
+            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v):
+                xs.append(float(r.get("epoch", i + 1)))
+                ys.append(float(v))
+        return np.array(xs), np.array(ys)
+
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "epoch" and series(k)[1].size]
+    loss_keys = [k for k in keys if "loss" in k]
+    score_keys = [k for k in keys if k not in loss_keys and any(
+        s in k for s in ("accuracy", "f1", "average_precision"))]
+    if any("mean" in k for k in score_keys):  # per-attribute figures would drown the means
+        score_keys = [k for k in score_keys if "mean" in k]
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    style = {"marker": "o", "markersize": 3} if len(rows) <= 60 else {}
+    for k in loss_keys:
+        ax1.plot(*series(k), label=k, **style)
+    if "lr" in keys:
+        axr = ax1.twinx()
+        axr.plot(*series("lr"), color="grey", linestyle=":", label="lr")
+        if (series("lr")[1] > 0).all():
+            axr.set_yscale("log")
+        axr.set_ylabel("learning rate", color="grey")
+        axr.legend(loc="upper center", fontsize=8)
+    for k in score_keys:
+        ax2.plot(*series(k), label=k, **style)
+    for ax, name, ks in ((ax1, "loss", loss_keys), (ax2, "score", score_keys)):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if ks:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no {name} values", ha="center", va="center", transform=ax.transAxes)
+    ax1.set_title("losses")
+    ax2.set_title("accuracies")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _order_by_groups(col_labels: list[str], col_groups: Mapping[str, Sequence[str]]
+                     ) -> tuple[list[int], list[tuple[str, int, int]]]:
+    """Column order following the groups (ungrouped columns last, as "other") and the
+    (group, start, stop) spans in that order."""
+    order: list[int] = []
+    spans: list[tuple[str, int, int]] = []
+    index = {n: i for i, n in enumerate(col_labels)}
+    for g, names in list(col_groups.items()) + [("other", [n for n in col_labels if not any(
+            n in v for v in col_groups.values())])]:
+        cols = [index[n] for n in names if n in index and index[n] not in order]
+        if cols:
+            spans.append((str(g), len(order), len(order) + len(cols)))
+            order += cols
+    return order, spans
+
+
+def plot_heatmap(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
+                 path: str | Path, title: str = "", cmap: str = "viridis",
+                 col_groups: Mapping[str, Sequence[str]] | None = None, symmetric: bool = False) -> Path:
+    """Heatmap with a colorbar. col_groups reorders the columns by group, draws the boundaries and
+    writes the group names on top (and does the same to the rows when they carry the same labels).
+    symmetric=True uses limits centred at 0 (a diverging "RdBu_r" unless another cmap is given)."""
+    plt = _pyplot()
+    mat = np.asarray(matrix, dtype=float)
+    rows, cols = [str(r) for r in row_labels], [str(c) for c in col_labels]
+    if mat.shape != (len(rows), len(cols)):
+        raise ValueError(f"matrix shape {mat.shape} does not match {len(rows)} row x {len(cols)} column labels")
+    spans: list[tuple[str, int, int]] = []
+    same_axes = rows == cols
+    if col_groups:
+        order, spans = _order_by_groups(cols, col_groups)
+        mat, cols = mat[:, order], [cols[i] for i in order]
+        if same_axes:
+            mat, rows = mat[order], [rows[i] for i in order]
+    nr, nc = mat.shape
+    fig, ax = plt.subplots(figsize=(min(26.0, max(6.0, 3.0 + 0.17 * nc)), min(26.0, max(4.0, 2.8 + 0.17 * nr))))
+    kw: dict[str, Any] = {}
+    if symmetric:
+        cmap = "RdBu_r" if cmap == "viridis" else cmap
+        vmax = float(np.nanmax(np.abs(mat))) if np.isfinite(mat).any() else 1.0
+        kw = {"vmin": -(vmax or 1.0), "vmax": vmax or 1.0}
+    cm = plt.get_cmap(cmap).with_extremes(bad="lightgrey")
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap=cm, aspect="auto", interpolation="nearest", **kw)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    fs = lambda n: 8 if n <= 40 else (7 if n <= 100 else 5)  # noqa: E731
+    ax.set_xticks(np.arange(nc), cols, rotation=90, fontsize=fs(nc))
+    ax.set_yticks(np.arange(nr), rows, fontsize=fs(nr))
+    for _, start, stop in spans[1:]:
+        ax.axvline(start - 0.5, color="white" if not symmetric else "black", linewidth=1.5)
+        if same_axes:
+            ax.axhline(start - 0.5, color="white" if not symmetric else "black", linewidth=1.5)
+    if spans:
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([(a + b - 1) / 2 for _, a, b in spans], [g for g, _, _ in spans],
+                       rotation=45, ha="left", fontsize=8)
+        top.tick_params(length=0)
+    ax.set_title(title, pad=60 if spans else 6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cosine_similarity_matrix(W: np.ndarray) -> np.ndarray:
+    """Cosine similarity [M, M] between the columns of W [D, M] (a zero column scores 0)."""
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    W = np.asarray(W, dtype=float)
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D [D, M], got shape {W.shape}")
+    return np.clip(cosine_similarity(W.T), -1.0, 1.0)

@@ -1,0 +1,127 @@
+"""Tests of attrnet.report: JSON conversion, the text table and the PNG figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attrnet.metrics import attribute_metrics, group_metrics, majority_accuracy
+from attrnet.report import (cosine_similarity_matrix, format_table, plot_attribute_accuracy, plot_heatmap,
+                            plot_training_curves, to_jsonable)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NAN = float("nan")
+
+
+def _fake(m: int = 40, n: int = 500, seed: int = 0) -> tuple[dict, list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    names = [f"Attribute_Name_{j:02d}" for j in range(m)]
+    labels = (rng.random((n, m)) < rng.uniform(0.05, 0.6, m)).astype(float)
+    probs = np.clip(0.4 * labels + rng.normal(0.3, 0.2, (n, m)), 0, 1)
+    labels[rng.random((n, m)) < 0.1] = NAN
+    labels[:, -1] = NAN  # one all-unknown attribute
+    metrics = attribute_metrics(probs, labels, names)
+    metrics["groups"] = group_metrics(metrics["attributes"], {"first": names[: m // 2], "second": names[m // 2:]})
+    return metrics, names, labels
+
+
+def _check_png(path: Path, min_side: int = 300) -> tuple[int, int]:
+    import matplotlib.image as mpimg
+
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 5000
+    img = mpimg.imread(path)
+    h, w = img.shape[:2]
+    assert min_side <= h <= 8000 and min_side <= w <= 8000
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+    return h, w
+
+
+def test_to_jsonable_round_trip() -> None:
+    obj = {"a": np.float32(1.5), "b": np.int64(3), "c": np.array([1.0, np.nan, np.inf]), "d": NAN,
+           "e": (np.bool_(True), [np.float64(np.nan), {"f": np.arange(3)}]), np.int64(7): "key",
+           "g": Path("x/y.png"), "h": None, "i": "text"}
+    out = to_jsonable(obj)
+    text = json.dumps(out, allow_nan=False)
+    back = json.loads(text)
+    assert back == {"a": 1.5, "b": 3, "c": [1.0, None, None], "d": None, "e": [True, [None, {"f": [0, 1, 2]}]],
+                    "7": "key", "g": "x/y.png", "h": None, "i": "text"}
+    metrics, _, _ = _fake(m=5)
+    assert json.loads(json.dumps(to_jsonable(metrics), allow_nan=False))["attributes"][
+        "Attribute_Name_04"]["accuracy"] is None
+
+
+def test_format_table() -> None:
+    metrics, names, labels = _fake(m=6)
+    text = format_table(metrics)
+    for n in names:
+        assert n in text
+    mean_line = next(line for line in text.splitlines() if line.startswith("MEAN"))
+    assert f"{metrics['mean_accuracy']:.3f}" in mean_line
+    assert f"{metrics['mean_f1']:.3f}" in mean_line
+    last = next(line for line in text.splitlines() if line.startswith(names[-1]))
+    assert last.split()[1] == "-"  # NaN accuracy of the all-unknown attribute
+    main = text.split("\n\n")[0].splitlines()
+    assert len({len(line) for line in main}) == 1  # aligned columns
+    assert "first" in text and "second" in text  # group table
+    with_base = format_table(metrics, baseline=majority_accuracy(labels, names))
+    assert "base_acc" in with_base and "gain" in with_base
+    base = majority_accuracy(labels, names)["mean_accuracy"]
+    assert f"{base:.3f}" in next(line for line in with_base.splitlines() if line.startswith("MEAN"))
+
+
+def test_plot_attribute_accuracy(tmp_path: Path) -> None:
+    metrics, _, _ = _fake(m=40)
+    out = plot_attribute_accuracy(metrics, tmp_path / "acc.png", title="test")
+    assert out == tmp_path / "acc.png"
+    h, w = _check_png(out)
+    assert h > w  # grows with the number of attributes
+    small, _, _ = _fake(m=3)
+    for a in small["attributes"].values():
+        a.pop("majority_accuracy")
+    _check_png(plot_attribute_accuracy(small, tmp_path / "small.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.png", "small.png"]
+
+
+def test_plot_training_curves(tmp_path: Path) -> None:
+    rows = [{"epoch": e, "train/loss": 1 / e, "val/loss": 1.2 / e, "val/mean_accuracy": 0.8 + 0.01 * e,
+             "val/mean_balanced_accuracy": 0.7 + 0.01 * e, "lr": 0.1 * 0.9 ** e} for e in range(1, 11)]
+    del rows[2]["val/loss"]
+    rows[4]["val/mean_accuracy"] = None
+    _check_png(plot_training_curves(rows, tmp_path / "curves.png"))
+    _check_png(plot_training_curves([{"epoch": 1, "train/loss": 0.5}], tmp_path / "one.png"))
+    _check_png(plot_training_curves([], tmp_path / "empty.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "empty.png", "one.png"]
+
+
+def test_plot_heatmap(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    names = [f"attr_{j:02d}" for j in range(40)]
+    groups = {"g1": names[::3], "g2": names[1::3]}  # the rest is "other"
+    S = np.abs(rng.normal(size=(8, 40)))
+    S[0, 0] = NAN
+    _check_png(plot_heatmap(S, [f"latent {i}" for i in range(8)], names, tmp_path / "S.png",
+                            title="S", col_groups=groups))
+    C = cosine_similarity_matrix(rng.normal(size=(16, 40)))
+    _check_png(plot_heatmap(C, names, names, tmp_path / "sim.png", title="sharing", col_groups=groups,
+                            symmetric=True))
+    big = [f"a{j}" for j in range(90)]
+    _check_png(plot_heatmap(rng.normal(size=(90, 90)), big, big, tmp_path / "big.png", symmetric=True))
+    with pytest.raises(ValueError):
+        plot_heatmap(S, names[:8], names[:39], tmp_path / "bad.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S.png", "big.png", "sim.png"]
+
+
+def test_cosine_similarity_matrix() -> None:
+    W = np.array([[1.0, 2.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 0.0, 1.0]])
+    C = cosine_similarity_matrix(W)
+    assert C.shape == (4, 4)
+    np.testing.assert_allclose(C, C.T)
+    assert C[0, 1] == pytest.approx(1.0)  # parallel columns
+    assert C[0, 3] == pytest.approx(0.0)  # orthogonal columns
+    assert C[0, 0] == pytest.approx(1.0)
+    assert np.all(C[2] == 0.0) and not math.isnan(C[2, 2])  # zero column
