@@ -6,6 +6,7 @@ Unknown sections or keys are errors that list the valid ones, so a typo never pa
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ class TrainConfig:
     pos_weight: bool = False          # weigh positives by negatives/positives per attribute (imbalanced labels)
     flip: bool = True
     shift: float = 0.0625             # random shift, as a fraction of the image size
+    freeze_bn: bool = False           # BatchNorm in eval mode while training: running statistics frozen,
+                                      # affine weights still learnt (fine-tuning; exact multi-rank CPU runs)
     threshold_metric: str = "accuracy"  # what per-attribute thresholds are tuned for on val
     max_steps_per_epoch: int = 0      # 0 = whole epoch (small values for smoke tests)
     log_every: int = 50
@@ -88,6 +91,13 @@ class MTLConfig:
     fit_bias: bool = True
     balance: bool = False             # weigh examples so each attribute's classes count equally
     feature_epochs: int = 5           # epochs of each single-attribute CNN (features=per_attribute)
+    models_per_pass: int = 0          # per_attribute: CNNs trained together in one vmap pass; 0 = all M
+    save_feature_cnns: bool = True    # per_attribute: keep the M CNNs' stacked weights (feature_cnns.pt)
+    reuse_features: bool = True       # reuse run_dir/features.pt when it was made with the same settings
+    standardize: bool = True          # z-score the features with the training rows' mean and std
+    thresholds: str = "zero"          # zero (score >= 0) | tuned (on val, for train.threshold_metric)
+    baseline_lam: Any = None          # ridge weight of the independent baseline; None = lam
+    grid: Any = None                  # {mu: [...], gamma: [...], lam: [...], latent_tasks: [...]}: pick on val
 
 
 @dataclass
@@ -158,6 +168,11 @@ def _check_types(cfg: Config, origin: str) -> None:
         defaults = type(obj)()
         for f in dataclasses.fields(obj):
             value, default = getattr(obj, f.name), getattr(defaults, f.name)
+            if f.type in ("Any", Any):  # several forms allowed (image_size: int or [h, w]; pretrained: bool or path)
+                continue
+            if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+                number = _float_or_none(value)  # YAML reads 1e-3 (no dot) as a string
+                value = value if number is None else number
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise AttrnetError(f"{origin}: {section}.{f.name} must be true or false, got {value!r}")
             if isinstance(default, (int, float)) and not isinstance(default, bool):
@@ -169,6 +184,14 @@ def _check_types(cfg: Config, origin: str) -> None:
                     raise AttrnetError(f"{origin}: {section}.{f.name} must be a whole number, got {value!r}")
                 else:
                     setattr(obj, f.name, int(value))
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

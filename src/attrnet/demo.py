@@ -11,7 +11,7 @@ DEMO_IMAGES = 3000
 DEMO_CONFIG = {
     "data": {"format": "celeba", "image_size": 64},
     "model": {"backbone": "resnet18", "pretrained": False},
-    "train": {"epochs": 6, "batch_size": 64, "lr": 0.002, "weight_decay": 0.05, "warmup_epochs": 0.5},
+    "train": {"epochs": 4, "batch_size": 64, "lr": 0.002, "weight_decay": 0.05, "warmup_epochs": 0.5},
 }
 
 

@@ -11,8 +11,9 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Te
     known = ~torch.isnan(targets)
     safe = torch.where(known, targets, torch.zeros_like(targets))
     loss = F.binary_cross_entropy_with_logits(logits.float(), safe, pos_weight=pos_weight, reduction="none")
-    # No host sync: a batch with no known label gives 0, not NaN.
-    return (loss * known).sum() / known.sum().clamp_min(1)
+    # No host sync: a batch with no known label gives 0, not NaN. where, not a product: an infinite logit
+    # at an unknown entry gives an infinite loss there, and inf * 0 would be NaN.
+    return torch.where(known, loss, torch.zeros_like(loss)).sum() / known.sum().clamp_min(1)
 
 
 def squared_hinge(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -61,3 +64,25 @@ def gather_rows(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def local_main_first(info: DistInfo, timeout: datetime.timedelta = datetime.timedelta(hours=6)) -> Iterator[None]:
+    """Run the block on each node's local rank 0 first, then on that node's other ranks.
+
+    For work the other ranks can then reuse from the node's disk, such as building the decoded-image cache:
+    one build per node instead of one per process (each would decode everything and write its own copy).
+    The wait is a barrier on a gloo group with a long timeout, since a build can outlast NCCL's default one.
+    """
+    if not info.enabled:
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    try:
+        if info.local_rank != 0:
+            dist.barrier(group=group)
+        yield
+        if info.local_rank == 0:
+            dist.barrier(group=group)
+    finally:
+        dist.destroy_process_group(group)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from attrnet.config import Config, config_from_dict
+from attrnet.data.formats import read_table
 from attrnet.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from attrnet.engine.setup import images_for_device, make_loader, prepare_data, resolve_device
 from attrnet.engine.train import Precision, evaluation_report, predict_probs
@@ -26,11 +27,12 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
                                    format=data_format or cfg.data.format)
     names = list(ckpt["attributes"])
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(data_cfg, attributes=None))
-    data = prepare_data(cfg, progress=progress)
-    missing = [n for n in names if n not in data.table.names]
+    # the attribute check reads the labels only: a wrong data set is reported before any image is decoded
+    missing = [n for n in names if n not in read_table(cfg.data, check_files=False).names]
     if missing:
         raise AttrnetError(f"{data_cfg.root} has no labels for the checkpoint's attribute(s) "
                            f"{', '.join(missing[:5])}; it was trained on a different attribute set")
+    data = prepare_data(cfg, progress=progress)
     data.table = data.table.select(names)
     if data.groups is None and ckpt.get("groups"):
         data.groups = ckpt["groups"]

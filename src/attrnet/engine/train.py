@@ -85,6 +85,10 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler,
                     dist: ddp.DistInfo = ddp.DistInfo(), progress: bool = True, after_step=None) -> float:
     """One pass over the training batches; returns the mean training loss (one host sync, at the end)."""
     model.train()
+    if cfg.train.freeze_bn:  # running statistics stay as they are; the affine weights still learn
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     device = loader.device
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 100_003 + epoch)
     torch.manual_seed(cfg.train.seed * 7919 + epoch * 31 + dist.rank)  # dropout: repeatable on resume
@@ -148,8 +152,11 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
 
 
 def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
-        data: PreparedData | None = None) -> dict:
-    """Train, keep the best epoch by validation mean accuracy, tune thresholds, evaluate on test."""
+        data: PreparedData | None = None) -> dict | None:
+    """Train, keep the best epoch by validation mean accuracy, tune thresholds, evaluate on test.
+
+    Returns the test metrics; None on ranks other than 0 of a distributed run (so only rank 0 reports).
+    """
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
     dist = ddp.init_distributed(device.type)
@@ -161,7 +168,9 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
         (run_dir / "plots").mkdir(exist_ok=True)
         import yaml
         atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    data = data or prepare_data(cfg, progress=progress and dist.is_main)
+    if data is None:
+        with ddp.local_main_first(dist):  # one cache build per node; the node's other ranks then open it
+            data = prepare_data(cfg, progress=progress and dist.is_main)
     names = data.table.names
     train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
     if len(train_idx) == 0:
@@ -234,7 +243,7 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
         ddp.barrier(dist)
     result = finish(cfg, run_dir, data, device, precision, dist, val_idx, test_idx, history)
     ddp.shutdown(dist)
-    return result
+    return result if dist.is_main else None
 
 
 def proximal_step_fn(model: nn.Module, cfg: Config, groups, names: list[str], scheduler):

@@ -83,8 +83,8 @@ def fista(f_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
     f(x+) <= f(y) + <grad f(y), x+ - y> + ||x+ - y||^2 / (2s) (Beck & Teboulle 2009).
     restart: "gradient" resets momentum when <y - x+, x+ - x> > 0, "function" when F(x+) > F(x)
     (O'Donoghue & Candes 2015), None never.
-    Stops when |F(x+) - F(x)| <= tol * |F(x)| or, if grad_tol is given, when the prox-gradient
-    mapping ||x+ - y|| / s <= grad_tol. Returns the best iterate seen (so F(result) <= F(x0)) and
+    Stops when |F(x+) - F(x)| <= tol * |F(x)| (tol > 0) or, if grad_tol is given, when the prox-gradient
+    mapping ||x+ - y|| / s <= grad_tol. Returns the best iterate seen (F(result) <= F(x0) up to rounding) and
     info {n_iter, objective, history, step, n_restarts, converged, grad_map_norm}.
     """
     if restart not in ("gradient", "function", None):
@@ -121,9 +121,9 @@ def fista(f_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
         else:
             do_restart = False
         rel_change = abs(F_x - F_new) / max(abs(F_x), torch.finfo(x0.dtype).tiny)
-        if (grad_tol is not None and gm_norm <= grad_tol) or rel_change <= tol or gm_norm == 0:
+        if (grad_tol is not None and gm_norm <= grad_tol) or (tol > 0 and rel_change <= tol) or gm_norm == 0:
             converged = True
-            x = x_new
+            x, F_x = x_new, F_new
             break
         if do_restart:
             n_restarts += 1
@@ -135,6 +135,10 @@ def fista(f_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
         x, F_x = x_new, F_new
         fy, gy = f_and_grad(y)
         fy = float(fy)
+    # Near the optimum F is flat to round-off while the iterates still improve (F error ~ distance^2):
+    # prefer the last iterate unless it is worse than the best by more than rounding.
+    if F_x <= best_F + eps * abs(best_F):
+        best_x, best_F = x, F_x
     info = dict(n_iter=it, objective=best_F, history=history, step=step, n_restarts=n_restarts,
                 converged=converged, grad_map_norm=gm_norm)
     return best_x, info

@@ -1,0 +1,526 @@
+"""CNN features for the multi-task layer (Abdulnabi et al., TMM 2015).
+
+Two ways to get the penultimate features x_i^m that the latent-task classifiers read:
+
+* ``shared``: one multi-attribute CNN (the core's ``fit`` on the training split); x^m = x for every m.
+* ``per_attribute``: as in the paper, M single-attribute CNNs, each trained on its own column alone
+  (masked BCE on one column); x^m = the m-th CNN's features, so features are [M, N, D].
+
+The M CNNs are trained together in one batched pass (``BatchedCNNs``): their weights are stacked with
+``torch.func.stack_module_state`` and one ``torch.vmap`` over ``torch.func.functional_call`` runs all M
+models on the same batch of images, each with its own weights, its own one-output head and its own loss on
+its own column; one AdamW steps the stacked parameters. AdamW is element-wise, so this is exactly M
+independent AdamW runs (``SequentialCNNs`` is the plain loop it is checked against).
+
+BatchNorm: the running statistics are stacked like the weights ([M, C] buffers). In training mode each
+model's BatchNorm updates its own slice in place (a batched tensor updated with a batched value, which vmap
+supports), so the running statistics, and hence the eval-mode features, are exactly those of M separately
+trained models. ``replace_all_batch_norm_modules_`` would also work but drops the running statistics, so
+evaluation would use batch statistics and a test image's features would depend on its batch-mates.
+
+Features are cached in the run folder (``features.pt``, written atomically) under a key of everything they
+depend on, so rerunning the solver stage does not retrain the CNNs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state
+from tqdm import tqdm
+
+from attrnet import atomic
+from attrnet.config import Config
+from attrnet.data.augment import augment, normalize
+from attrnet.engine.setup import PreparedData, images_for_device, make_loader, resolve_device
+from attrnet.errors import AttrnetError
+from attrnet.models.build import build_model
+
+log = logging.getLogger(__name__)
+
+FEATURE_MODES = ("shared", "per_attribute")
+CACHE_VERSION = 1
+
+
+@dataclass
+class FeatureSet:
+    """features: float32 [N, D] (shared) or [M, N, D] (per_attribute) for every row of the table (rows whose
+    image did not decode are zero). logits: the shared CNN's own heads [N, M] (shared mode), else None."""
+
+    mode: str
+    features: np.ndarray
+    checkpoint: str
+    logits: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+    cached: bool = False
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[-1])
+
+
+# ---------------------------------------------------------------- M single-attribute CNNs
+
+def make_attribute_models(model_cfg, num_models: int, in_chans: int, seed: int = 0) -> list[nn.Module]:
+    """M AttributeNets with one output each, initialised one after the other from `seed`."""
+    torch.manual_seed(seed)
+    return [build_model(model_cfg, 1, in_chans) for _ in range(num_models)]
+
+
+def _per_model_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
+    """[M] masked BCE, model m's logits [M, B] against column m of targets [B, M] (unknown labels left out).
+
+    Row m equals ``losses.masked_bce(logits[m][:, None], targets[:, m:m+1], pos_weight[m:m+1])``.
+    """
+    t = targets.T
+    known = ~torch.isnan(t)
+    safe = torch.where(known, t, torch.zeros_like(t))
+    pw = None if pos_weight is None else pos_weight[:, None]
+    loss = F.binary_cross_entropy_with_logits(logits.float(), safe, pos_weight=pw, reduction="none")
+    return (loss * known).sum(1) / known.sum(1).clamp_min(1)
+
+
+def _decay_groups(params: list[torch.Tensor], min_ndim: int, weight_decay: float) -> list[dict]:
+    """AdamW groups as the core's build_optimizer makes them: no decay on biases and norm parameters."""
+    return [{"params": [p for p in params if p.ndim >= min_ndim], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < min_ndim], "weight_decay": 0.0}]
+
+
+def _scheduler(opt, cfg: Config, epochs: int, steps_per_epoch: int):
+    from attrnet.engine.train import build_scheduler
+    return build_scheduler(opt, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs)),
+                           steps_per_epoch)
+
+
+class BatchedCNNs:
+    """M models of one architecture run as one: stacked weights, a vmap over functional_call."""
+
+    def __init__(self, models: list[nn.Module], device: torch.device):
+        if not models:
+            raise AttrnetError("BatchedCNNs needs at least one model")
+        models = [m.to(device) for m in models]
+        self.params, self.buffers = stack_module_state(models)
+        self.base = copy.deepcopy(models[0]).to("meta")
+        self.num_models = len(models)
+        self.device = device
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+
+    def setup_optimizer(self, cfg: Config, epochs: int, steps_per_epoch: int) -> None:
+        """One AdamW over the stacked parameters (a stacked tensor has one more dimension than its model's)."""
+        params = list(self.params.values())
+        self.optimizer = torch.optim.AdamW(_decay_groups(params, 3, cfg.train.weight_decay), lr=cfg.train.lr,
+                                           fused=self.device.type == "cuda")
+        self.scheduler = _scheduler(self.optimizer, cfg, epochs, steps_per_epoch)
+
+    @staticmethod
+    def _sub(d: dict, prefix: str) -> dict:
+        return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+
+    def _one(self, params: dict, buffers: dict, x: torch.Tensor, head: bool) -> torch.Tensor:
+        b = self.base
+        state = {**params, **buffers}
+        feats = functional_call(b.backbone, self._sub(state, "backbone."), (x,))
+        feats = functional_call(b.trunk, self._sub(state, "trunk."), (feats,))
+        if not head:
+            return feats
+        return functional_call(b.heads, self._sub(state, "heads."), (feats,))
+
+    def _run(self, x: torch.Tensor, head: bool, train: bool) -> torch.Tensor:
+        self.base.train(train)
+        fn = lambda p, bu, xx: self._one(p, bu, xx, head)  # noqa: E731
+        return torch.vmap(fn, in_dims=(0, 0, None), randomness="different")(self.params, self.buffers, x)
+
+    def logits(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """[M, B] logits, model m's output on every image."""
+        return self._run(x, True, train)[..., 0]
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """[M, B, D] penultimate features in eval mode."""
+        return self._run(x, False, False)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None = None,
+             autocast=None) -> torch.Tensor:
+        """One optimizer step of every model on (normalised x [B, C, H, W], labels y [B, M]); returns [M] losses."""
+        if self.optimizer is None:
+            raise AttrnetError("call setup_optimizer before step")
+        with (autocast or _null()):
+            logits = self.logits(x, train=True)
+        losses = _per_model_bce(logits, y, pos_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # the sum: model m's gradient is exactly that of its own loss
+        self.optimizer.step()
+        self.scheduler.step()
+        return losses.detach()
+
+    def state_dicts(self) -> list[dict]:
+        """Each model's state dict, unstacked (on the CPU)."""
+        out = []
+        for m in range(self.num_models):
+            out.append({k: v[m].detach().cpu().clone() for k, v in {**self.params, **self.buffers}.items()})
+        return out
+
+    def stacked_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in {**self.params, **self.buffers}.items()}
+
+
+class SequentialCNNs:
+    """The plain loop the batched training is measured against: M models, M AdamW optimisers."""
+
+    def __init__(self, models: list[nn.Module], device: torch.device):
+        self.models = [m.to(device) for m in models]
+        self.num_models = len(models)
+        self.device = device
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.schedulers: list = []
+
+    def setup_optimizer(self, cfg: Config, epochs: int, steps_per_epoch: int) -> None:
+        self.optimizers, self.schedulers = [], []
+        for model in self.models:
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(_decay_groups(params, 2, cfg.train.weight_decay), lr=cfg.train.lr,
+                                    fused=self.device.type == "cuda")
+            self.optimizers.append(opt)
+            self.schedulers.append(_scheduler(opt, cfg, epochs, steps_per_epoch))
+
+    def step(self, m: int, x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None = None,
+             autocast=None) -> torch.Tensor:
+        """One optimizer step of model m on its own column y[:, m]; returns its loss."""
+        from attrnet.losses import masked_bce
+
+        model = self.models[m]
+        model.train()
+        with (autocast or _null()):
+            logits = model(x)
+        loss = masked_bce(logits, y[:, m:m + 1], None if pos_weight is None else pos_weight[m:m + 1])
+        opt = self.optimizers[m]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        self.schedulers[m].step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for model in self.models:
+            model.eval()
+            out.append(model.features(x))
+        return torch.stack(out)
+
+    def state_dicts(self) -> list[dict]:
+        return [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in self.models]
+
+
+def _null():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def _precision(cfg: Config, device: torch.device):
+    from attrnet.engine.train import Precision
+    return Precision(cfg, device)
+
+
+def _train_loader(cfg: Config, data: PreparedData, device: torch.device):
+    images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
+    idx = data.indices("train")
+    if len(idx) == 0:
+        raise AttrnetError(f"{data.table.source}: the training split is empty")
+    loader = make_loader(images, data, idx, cfg.train.batch_size, device, True, cfg.train.seed)
+    steps = min(len(loader), cfg.train.max_steps_per_epoch or len(loader))
+    return images, loader, steps
+
+
+def _epoch_batches(cfg: Config, loader, epoch: int, steps: int, channels_last: bool = False):
+    """The augmented, normalised batches of one epoch: the same for every model and both trainers."""
+    gen = torch.Generator(device=loader.device).manual_seed(cfg.train.seed * 100_003 + epoch)
+    for i, (x, y) in enumerate(loader.epoch(epoch)):
+        if i >= steps:
+            break
+        yield normalize(augment(x, cfg.train.flip, cfg.train.shift, gen), channels_last=channels_last), y
+
+
+def _pos_weight(cfg: Config, data: PreparedData, cols: list[int], device) -> torch.Tensor | None:
+    if not cfg.train.pos_weight:
+        return None
+    from attrnet.engine.train import compute_pos_weight
+    return compute_pos_weight(data.table.labels[data.indices("train")][:, cols]).to(device)
+
+
+def train_attribute_cnns(cfg: Config, data: PreparedData, device: torch.device | None = None,
+                         mode: str = "batched", progress: bool = True) -> tuple[list[dict], dict]:
+    """Train one single-attribute CNN per attribute for cfg.mtl.feature_epochs epochs.
+
+    mode="batched" trains cfg.mtl.models_per_pass models at a time (0 = all M) with BatchedCNNs;
+    mode="sequential" trains model 1, then 2, ... on exactly the same batches. Returns the M state dicts
+    and {"history": [{"epoch", "loss": [M]}], "seconds", "images_models_per_s", ...}.
+    """
+    if mode not in ("batched", "sequential"):
+        raise AttrnetError(f"mode must be batched or sequential, got {mode!r}")
+    device = device or resolve_device(cfg.train.device)
+    names = data.table.names
+    M = len(names)
+    in_chans = 1 if cfg.data.grayscale else 3
+    epochs = cfg.mtl.feature_epochs
+    if epochs < 1:
+        raise AttrnetError(f"mtl.feature_epochs must be at least 1, got {epochs}")
+    _, loader, steps = _train_loader(cfg, data, device)
+    precision = _precision(cfg, device)
+    models = make_attribute_models(cfg.model, M, in_chans, cfg.train.seed)
+    chunk = cfg.mtl.models_per_pass or M
+    history: list[dict] = [{"epoch": e + 1, "loss": [0.0] * M} for e in range(epochs)]
+    t0 = time.perf_counter()
+    states: list[dict] = []
+    n_images = 0
+    if mode == "batched":
+        for start in range(0, M, chunk):
+            cols = list(range(start, min(M, start + chunk)))
+            net = BatchedCNNs(models[start:start + chunk], device)
+            net.setup_optimizer(cfg, epochs, steps)
+            pw = _pos_weight(cfg, data, cols, device)
+            for epoch in range(epochs):
+                total, n = torch.zeros(len(cols), device=device), 0
+                batches = _epoch_batches(cfg, loader, epoch, steps)
+                for x, y in tqdm(batches, total=steps, leave=False, disable=not progress,
+                                 desc=f"CNNs {cols[0] + 1}-{cols[-1] + 1}/{M} epoch {epoch + 1}"):
+                    total += net.step(x, y[:, cols], pw, precision.autocast())
+                    n += 1
+                    n_images += x.shape[0] * len(cols)
+                for j, m in enumerate(cols):
+                    history[epoch]["loss"][m] = float(total[j]) / max(n, 1)
+            states += net.state_dicts()
+            del net
+    else:
+        net_s = SequentialCNNs(models, device)
+        net_s.setup_optimizer(cfg, epochs, steps)
+        pw = _pos_weight(cfg, data, list(range(M)), device)
+        for m in range(M):
+            for epoch in range(epochs):
+                total_m, n = torch.zeros((), device=device), 0
+                for x, y in _epoch_batches(cfg, loader, epoch, steps):
+                    total_m += net_s.step(m, x, y, pw, precision.autocast())
+                    n += 1
+                    n_images += x.shape[0]
+                history[epoch]["loss"][m] = float(total_m) / max(n, 1)
+        states = net_s.state_dicts()
+    seconds = time.perf_counter() - t0
+    info = {"mode": mode, "history": history, "seconds": round(seconds, 3), "models": M, "epochs": epochs,
+            "steps_per_epoch": steps, "images_models_per_s": round(n_images / max(seconds, 1e-9), 2)}
+    log.info("trained %d single-attribute CNNs (%s) in %.1fs, %.1f images*models/s", M, mode, seconds,
+             info["images_models_per_s"])
+    return states, info
+
+
+def _models_from_states(cfg: Config, states: list[dict], device: torch.device) -> list[nn.Module]:
+    in_chans = 1 if cfg.data.grayscale else 3
+    models = []
+    for state in states:
+        model = build_model(dataclasses.replace(cfg.model, pretrained=False), 1, in_chans)
+        model.load_state_dict(state)
+        models.append(model.to(device))
+    return models
+
+
+@torch.no_grad()
+def per_attribute_features(cfg: Config, data: PreparedData, states: list[dict],
+                           device: torch.device | None = None, progress: bool = True) -> np.ndarray:
+    """[M, N, D] float32 features of every decoded row, each model's eval-mode features, batched over models."""
+    device = device or resolve_device(cfg.train.device)
+    M, N = len(states), len(data.table)
+    images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
+    idx = np.flatnonzero(data.decoded.ok)
+    precision = _precision(cfg, device)
+    chunk = cfg.mtl.models_per_pass or M
+    out: np.ndarray | None = None
+    for start in range(0, M, chunk):
+        net = BatchedCNNs(_models_from_states(cfg, states[start:start + chunk], device), device)
+        loader = make_loader(images, data, idx, cfg.train.batch_size * 2, device, False)
+        parts = []
+        for x, _ in tqdm(loader.epoch(0), total=len(loader), leave=False, disable=not progress,
+                         desc=f"features {start + 1}-{min(M, start + chunk)}/{M}"):
+            with precision.autocast():
+                parts.append(net.features(normalize(x)).float().cpu())
+        feats = torch.cat(parts, dim=1).numpy()
+        if out is None:
+            out = np.zeros((M, N, feats.shape[-1]), dtype=np.float32)
+        out[start:start + chunk][:, idx] = feats
+        del net
+    assert out is not None
+    return out
+
+
+# ---------------------------------------------------------------- the shared CNN
+
+@torch.no_grad()
+def shared_features(cfg: Config, model: nn.Module, data: PreparedData, device: torch.device,
+                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """([N, D] penultimate features, [N, M] the model's own logits) for every decoded row."""
+    precision = _precision(cfg, device)
+    model = model.to(device).eval()
+    images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
+    idx = np.flatnonzero(data.decoded.ok)
+    loader = make_loader(images, data, idx, cfg.train.batch_size * 2, device, False)
+    feats, logits = [], []
+    for x, _ in tqdm(loader.epoch(0), total=len(loader), leave=False, disable=not progress, desc="features"):
+        with precision.autocast():
+            f = model.features(normalize(x, channels_last=precision.channels_last))
+            logits.append(model.heads(f).float().cpu())
+        feats.append(f.float().cpu())
+    N, M = len(data.table), len(data.table.names)
+    F_all = np.zeros((N, feats[0].shape[1] if feats else 0), dtype=np.float32)
+    L_all = np.zeros((N, M), dtype=np.float32)
+    if feats:
+        F_all[idx] = torch.cat(feats).numpy()
+        L_all[idx] = torch.cat(logits).numpy()
+    return F_all, L_all
+
+
+def train_shared_cnn(cfg: Config, data: PreparedData, cnn_dir: Path, progress: bool = True) -> tuple[nn.Module, dict]:
+    """The core's multi-attribute fit on the training split; returns its best model and its test metrics."""
+    from attrnet.engine.checkpoint import load_checkpoint
+    from attrnet.engine.train import fit
+
+    result = fit(cfg, cnn_dir, progress=progress, data=data)
+    ckpt = load_checkpoint(cnn_dir / "checkpoints" / "best.pt")
+    model = build_model(dataclasses.replace(cfg.model, pretrained=False), len(data.table.names),
+                        1 if cfg.data.grayscale else 3)
+    model.load_state_dict(ckpt["model"])
+    return model, result
+
+
+# ---------------------------------------------------------------- cache and entry point
+
+def feature_cache_key(cfg: Config, data: PreparedData) -> str:
+    """A digest of everything the features depend on: data, model, training and feature settings, split."""
+    d = cfg.to_dict()
+    mtl = d["mtl"]
+    relevant = {"data": d["data"], "model": d["model"],
+                "train": {k: v for k, v in d["train"].items() if k not in ("log_every", "device")},
+                "mtl": {k: mtl.get(k) for k in ("features", "feature_epochs", "models_per_pass")},
+                "names": list(data.table.names), "version": CACHE_VERSION}
+    h = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(data.partition).tobytes())
+    h.update(np.ascontiguousarray(data.decoded.ok).tobytes())
+    return h.hexdigest()[:24]
+
+
+def compute_features(cfg: Config, data: PreparedData, run_dir: str | Path, device: torch.device | None = None,
+                     progress: bool = True, reuse: bool | None = None) -> FeatureSet:
+    """The features cfg.mtl.features asks for, trained in run_dir (or read from run_dir/features.pt)."""
+    run_dir = Path(run_dir)
+    mode = cfg.mtl.features
+    if mode not in FEATURE_MODES:
+        raise AttrnetError(f"unknown mtl.features {mode!r}; valid: {', '.join(FEATURE_MODES)}")
+    device = device or resolve_device(cfg.train.device)
+    cache = run_dir / "features.pt"
+    key = feature_cache_key(cfg, data)
+    reuse = cfg.mtl.reuse_features if reuse is None else reuse
+    if reuse and cache.is_file():
+        try:
+            saved = torch.load(cache, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a broken cache is rebuilt, never fatal
+            log.warning("ignoring unreadable feature cache %s (%s)", cache, exc)
+            saved = None
+        if isinstance(saved, dict) and saved.get("key") == key:
+            log.info("reusing cached %s features from %s", mode, cache)
+            logits = saved.get("logits")
+            return FeatureSet(mode, saved["features"].float().numpy(), saved["checkpoint"],
+                              None if logits is None else logits.numpy(), saved.get("info", {}), cached=True)
+    t0 = time.perf_counter()
+    if mode == "shared":
+        model, cnn_result = train_shared_cnn(cfg, data, run_dir / "cnn", progress)
+        feats, logits = shared_features(cfg, model, data, device, progress)
+        checkpoint = str(run_dir / "cnn" / "checkpoints" / "best.pt")
+        info: dict[str, Any] = {"cnn_test_mean_accuracy": cnn_result.get("mean_accuracy"),
+                                "cnn_epochs": cnn_result.get("epochs")}
+    else:
+        states, info = train_attribute_cnns(cfg, data, device, "batched", progress)
+        feats, logits = per_attribute_features(cfg, data, states, device, progress), None
+        checkpoint = str(run_dir / "feature_cnns.pt")
+        if cfg.mtl.save_feature_cnns:
+            stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+            atomic.save_torch(checkpoint, {"stacked_state": stacked, "attributes": list(data.table.names),
+                                           "config": cfg.to_dict(), "num_models": len(states)})
+        else:
+            checkpoint = ""
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    fs = FeatureSet(mode, feats, checkpoint, logits, info)
+    atomic.save_torch(cache, {"key": key, "mode": mode, "features": torch.from_numpy(feats),
+                              "logits": None if logits is None else torch.from_numpy(logits),
+                              "checkpoint": checkpoint, "info": info})
+    return fs
+
+
+# ---------------------------------------------------------------- batched vs sequential speed
+
+def measure_batched_speedup(cfg: Config, data: PreparedData, device: torch.device | None = None,
+                            steps: int = 3, num_models: int | None = None, warmup: int = 1) -> dict:
+    """Time the batched (vmap) and the sequential training of the same models on the same batches.
+
+    Both do `steps` optimizer steps per model (after `warmup` untimed steps each) from the same initial
+    weights; the throughput is images x models per second. ratio = batched / sequential.
+    """
+    device = device or resolve_device(cfg.train.device)
+    M = min(num_models or len(data.table.names), len(data.table.names))
+    in_chans = 1 if cfg.data.grayscale else 3
+    _, loader, n_steps = _train_loader(cfg, data, device)
+    batches = []
+    epoch = 0
+    while len(batches) < steps + warmup:
+        batches += list(_epoch_batches(cfg, loader, epoch, n_steps))
+        epoch += 1
+    batches = batches[:steps + warmup]
+    Y = [y[:, :M] for _, y in batches]
+    precision = _precision(cfg, device)
+    models = make_attribute_models(cfg.model, M, in_chans, cfg.train.seed)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    batched = BatchedCNNs([copy.deepcopy(m) for m in models], device)
+    batched.setup_optimizer(cfg, 1, steps + warmup)
+    for i in range(warmup):
+        batched.step(batches[i][0], Y[i], autocast=precision.autocast())
+    sync()
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        batched.step(batches[i][0], Y[i], autocast=precision.autocast())
+    sync()
+    t_batched = time.perf_counter() - t0
+    del batched
+
+    seq = SequentialCNNs(models, device)
+    seq.setup_optimizer(cfg, 1, steps + warmup)
+    t_seq = 0.0
+    for m in range(M):
+        for i in range(warmup):
+            seq.step(m, batches[i][0], Y[i], autocast=precision.autocast())
+        sync()
+        t0 = time.perf_counter()
+        for i in range(warmup, warmup + steps):
+            seq.step(m, batches[i][0], Y[i], autocast=precision.autocast())
+        sync()
+        t_seq += time.perf_counter() - t0
+    work = sum(batches[i][0].shape[0] for i in range(warmup, warmup + steps)) * M
+    out = {"device": str(device), "models": M, "steps": steps, "batch_size": int(batches[0][0].shape[0]),
+           "image_size": list(cfg.image_hw()), "backbone": cfg.model.backbone,
+           "batched_seconds": round(t_batched, 4), "sequential_seconds": round(t_seq, 4),
+           "batched_images_models_per_s": round(work / t_batched, 2),
+           "sequential_images_models_per_s": round(work / t_seq, 2)}
+    out["ratio"] = round(out["batched_images_models_per_s"] / out["sequential_images_models_per_s"], 3)
+    return out

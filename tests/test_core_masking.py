@@ -1,0 +1,156 @@
+"""Unknown labels (NaN) are left out of the loss, its gradients and every metric."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from attrnet import metrics
+from attrnet.losses import masked_bce
+
+NAN = float("nan")
+
+
+def _manual_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight=None) -> float:
+    """Mean over known entries of -(w y log s + (1 - y) log(1 - s)), in float64."""
+    total, count = 0.0, 0
+    for (i, j), y in np.ndenumerate(targets.numpy()):
+        if math.isnan(y):
+            continue
+        s = 1 / (1 + math.exp(-float(logits[i, j])))
+        w = 1.0 if pos_weight is None else float(pos_weight[j])
+        total += -(w * y * math.log(s) + (1 - y) * math.log(1 - s))
+        count += 1
+    return total / max(count, 1)
+
+
+def test_masked_bce_value_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 3, generator=g) * 2
+    targets = torch.tensor([[1, 0, NAN], [0, NAN, 1], [1, 1, 0], [NAN, NAN, NAN], [0, 1, 1]], dtype=torch.float32)
+    assert masked_bce(logits, targets).item() == pytest.approx(_manual_bce(logits, targets), rel=1e-5)
+    pw = torch.tensor([2.0, 0.5, 3.0])
+    assert masked_bce(logits, targets, pw).item() == pytest.approx(_manual_bce(logits, targets, pw), rel=1e-5)
+    # all unknown: 0, not NaN
+    assert masked_bce(logits, torch.full_like(targets, NAN)).item() == 0.0
+
+
+def _loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, pos_weight=None):
+    x = logits.clone().requires_grad_(True)
+    loss = masked_bce(x, targets, pos_weight)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize("unknown_logit", [0.0, 3.7, -25.0, 1e4, -1e4, 1e30, float("inf"), float("-inf")])
+@pytest.mark.parametrize("use_pos_weight", [False, True])
+def test_unknown_label_changes_neither_loss_nor_gradients(unknown_logit, use_pos_weight):
+    g = torch.Generator().manual_seed(1)
+    base_logits = torch.randn(4, 3, generator=g)
+    base_targets = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0]], dtype=torch.float32)
+    pw = torch.tensor([2.0, 0.5, 3.0]) if use_pos_weight else None
+    ref_loss, ref_grad = _loss_and_grad(base_logits, base_targets, pw)
+
+    # the same known labels, plus a fourth column whose labels are all unknown
+    logits = torch.cat([base_logits, torch.full((4, 1), unknown_logit)], dim=1)
+    targets = torch.cat([base_targets, torch.full((4, 1), NAN)], dim=1)
+    pw4 = None if pw is None else torch.cat([pw, torch.tensor([7.0])])
+    loss, grad = _loss_and_grad(logits, targets, pw4)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6, abs=1e-7)
+    torch.testing.assert_close(grad[:, :3], ref_grad, rtol=1e-6, atol=1e-8)
+    assert torch.equal(grad[:, 3], torch.zeros(4))
+
+    # and an extra row with one known label: only that label joins the mean
+    logits = torch.cat([base_logits, torch.tensor([[unknown_logit, 0.3, unknown_logit]])])
+    targets = torch.cat([base_targets, torch.tensor([[NAN, 1.0, NAN]])])
+    loss, grad = _loss_and_grad(logits, targets, pw)
+    assert loss.item() == pytest.approx(_manual_bce(logits, targets, pw), rel=1e-5)  # skips unknown entries
+    # gradient of the known entries: the reference gradient rescaled from 12 to 13 known labels
+    torch.testing.assert_close(grad[:4] * 13 / 12, ref_grad, rtol=1e-5, atol=1e-7)
+    assert grad[4, 0].item() == 0.0 and grad[4, 2].item() == 0.0 and grad[4, 1].item() != 0.0
+
+
+# --- metrics -------------------------------------------------------------------------------------------------
+
+def _assert_metrics_equal(a: dict, b: dict, skip=("n_images",)) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        if key in skip:
+            continue
+        if key == "attributes":
+            assert list(a[key]) == list(b[key])
+            for name in a[key]:
+                _assert_metrics_equal(a[key][name], b[key][name], skip=())
+            continue
+        va, vb = a[key], b[key]
+        if isinstance(va, float) and math.isnan(va):
+            assert isinstance(vb, float) and math.isnan(vb), key
+        else:
+            assert va == pytest.approx(vb, rel=1e-12, abs=1e-12), key
+
+
+def _sample(n: int, m: int, seed: int):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, m)) < 0.4).astype(float)
+    labels[0], labels[1] = 0.0, 1.0  # both classes in every column
+    probs = np.clip(0.35 * labels + 0.65 * rng.random((n, m)), 0, 1)
+    return probs, labels
+
+
+def test_metrics_unchanged_by_rows_with_unknown_labels():
+    names = ["A", "B", "C"]
+    probs, labels = _sample(30, 3, seed=2)
+    thresholds = [0.4, 0.5, 0.62]
+    ref = metrics.attribute_metrics(probs, labels, names, thresholds)
+    assert 0.5 < ref["mean_accuracy"] < 1.0  # a non-trivial case
+
+    rng = np.random.default_rng(3)
+    extra_p = rng.random((7, 3))
+    extra_y = np.full((7, 3), np.nan)
+    # the unknown rows are interleaved, not just appended
+    order = rng.permutation(37)
+    all_p = np.concatenate([probs, extra_p])[order]
+    all_y = np.concatenate([labels, extra_y])[order]
+    out = metrics.attribute_metrics(all_p, all_y, names, thresholds)
+    _assert_metrics_equal(out, ref)
+    assert out["n_images"] == 37 and ref["n_images"] == 30
+    assert out["attributes"]["B"]["n_known"] == 30
+
+    # the same holds for tuned thresholds and the majority baseline
+    np.testing.assert_array_equal(metrics.tune_thresholds(all_p, all_y), metrics.tune_thresholds(probs, labels))
+    _assert_metrics_equal(metrics.majority_accuracy(all_y, names), metrics.majority_accuracy(labels, names))
+
+
+def test_metrics_per_column_ignore_scattered_unknowns():
+    """With NaNs scattered over the matrix, each column's metrics equal that column's known entries alone."""
+    names = ["A", "B", "C", "D"]
+    probs, labels = _sample(40, 4, seed=5)
+    rng = np.random.default_rng(6)
+    holes = rng.random(labels.shape) < 0.3
+    holes[:2] = False
+    labels = np.where(holes, np.nan, labels)
+    probs = np.where(holes, rng.random(labels.shape), probs)  # whatever the model said there
+    full = metrics.attribute_metrics(probs, labels, names, 0.45)
+    for j, name in enumerate(names):
+        known = ~np.isnan(labels[:, j])
+        alone = metrics.attribute_metrics(probs[known, j:j + 1], labels[known, j:j + 1], [name], 0.45)
+        _assert_metrics_equal({"x": full["attributes"][name]}, {"x": alone["attributes"][name]})
+        assert full["attributes"][name]["n_known"] == known.sum()
+        # and accuracy is what it says
+        pred = probs[known, j] >= 0.45
+        assert full["attributes"][name]["accuracy"] == pytest.approx(np.mean(pred == labels[known, j]))
+
+
+def test_metrics_column_with_no_known_label_is_nan_and_left_out_of_means():
+    probs, labels = _sample(10, 2, seed=7)
+    labels = np.concatenate([labels, np.full((10, 1), np.nan)], axis=1)
+    probs = np.concatenate([probs, np.full((10, 1), 0.9)], axis=1)
+    out = metrics.attribute_metrics(probs, labels, ["A", "B", "C"])
+    assert all(math.isnan(v) for k, v in out["attributes"]["C"].items() if k not in ("threshold", "n_known"))
+    two = metrics.attribute_metrics(probs[:, :2], labels[:, :2], ["A", "B"])
+    assert out["mean_accuracy"] == pytest.approx(two["mean_accuracy"])
+    assert out["mean_f1"] == pytest.approx(two["mean_f1"])

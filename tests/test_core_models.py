@@ -1,0 +1,91 @@
+"""Backbones from a local weights file, grey input, and AttributeNet output shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from attrnet.config import ModelConfig
+from attrnet.errors import AttrnetError
+from attrnet.models.backbones import create_backbone
+from attrnet.models.build import build_model
+
+
+@pytest.fixture(scope="module")
+def resnet18_weights(tmp_path_factory):
+    torch.manual_seed(123)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_grey_backbone_sums_pretrained_first_conv_over_rgb(resnet18_weights):
+    path, state = resnet18_weights
+    grey = create_backbone("resnet18", pretrained=str(path), in_chans=1)
+    assert grey.conv1.weight.shape == (64, 1, 7, 7)
+    torch.testing.assert_close(grey.conv1.weight.detach(), state["conv1.weight"].sum(dim=1, keepdim=True),
+                               rtol=0, atol=1e-6)
+    # the rest of the network is the file's weights, and the classifier is gone
+    assert torch.equal(grey.layer3[1].conv2.weight.detach(), state["layer3.1.conv2.weight"])
+    assert torch.equal(grey.bn1.running_var, state["bn1.running_var"])
+    assert isinstance(grey.fc, torch.nn.Identity) and grey.num_features == 512
+
+    rgb = create_backbone("resnet18", pretrained=str(path), in_chans=3)
+    assert torch.equal(rgb.conv1.weight.detach(), state["conv1.weight"])
+    # a grey image through the grey stem equals the same grey values in three channels through the RGB stem
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(grey.conv1(x), rgb.conv1(x.repeat(1, 3, 1, 1)), rtol=1e-5, atol=1e-5)
+
+
+def test_missing_or_foreign_weights_file_is_an_error(tmp_path):
+    with pytest.raises(AttrnetError, match="weights file not found"):
+        create_backbone("resnet18", pretrained=str(tmp_path / "nope.pth"))
+    (tmp_path / "junk.pth").write_text("not a state dict")
+    with pytest.raises(AttrnetError, match="not a PyTorch state dict"):
+        create_backbone("resnet18", pretrained=str(tmp_path / "junk.pth"))
+    torch.save({"something.else": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(AttrnetError, match="does not fit this backbone"):
+        create_backbone("resnet18", pretrained=str(tmp_path / "other.pth"))
+    with pytest.raises(AttrnetError, match="unknown model.backbone"):
+        create_backbone("resnet7")
+
+
+@pytest.mark.parametrize("trunk,head_hidden", [([], 0), ([32, 32], 8)])
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_model_output_shape(trunk, head_hidden, in_chans):
+    torch.manual_seed(0)
+    m = 5
+    model = build_model(ModelConfig(backbone="resnet18", trunk=trunk, head_hidden=head_hidden), m, in_chans).eval()
+    assert model.backbone.conv1.in_channels == in_chans
+    with torch.no_grad():
+        for size in [(32, 32), (48, 40)]:
+            out = model(torch.randn(3, in_chans, *size))
+            assert out.shape == (3, m)
+            assert torch.isfinite(out).all()
+        assert model.features(torch.randn(2, in_chans, 32, 32)).shape == (2, trunk[-1] if trunk else 512)
+    # each attribute has its own head: changing one head's parameters changes one output column only
+    x = torch.randn(2, in_chans, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        if head_hidden:
+            model.heads.b2[3] += 1.0
+        else:
+            model.heads.linear.bias[3] += 1.0
+        after = model(x)
+    diff = (after - before).abs().amax(dim=0)
+    assert diff[3].item() == pytest.approx(1.0, abs=1e-5)
+    assert diff[[0, 1, 2, 4]].max().item() == 0.0
+
+
+def test_trunk_has_dropout_in_train_mode_only():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", trunk=[64], trunk_dropout=0.5), 2, 3)
+    feats = torch.randn(4, 512)
+    model.trunk.train()
+    a, b = model.trunk(feats), model.trunk(feats)
+    assert not torch.equal(a, b)
+    model.trunk.eval()
+    assert torch.equal(model.trunk(feats), model.trunk(feats))

@@ -1,0 +1,194 @@
+"""fit() on tiny data: tuned thresholds in the checkpoint and in evaluation, exact resume, atomic checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import attrnet.engine.train as train_mod
+from attrnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from attrnet.engine.evaluate import evaluate_checkpoint
+from attrnet.engine.train import fit
+from attrnet.errors import AttrnetError
+from conftest import random_csv_rows, tiny_config, write_csv_folder
+
+# --- thresholds tuned on val, kept in best.pt, used by evaluation ---------------------------------------------
+
+
+def test_fit_tunes_thresholds_into_best_checkpoint(csv_run):
+    run, names = csv_run["run"], csv_run["names"]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["attributes"] == names
+    thresholds = best["thresholds"]
+    assert len(thresholds) == len(names) == 2
+    assert all(0.0 <= t <= 1.0 for t in thresholds)
+
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["split"] == "test" and saved["epochs"] == 1
+    assert isinstance(saved["mean_accuracy"], float) and 0.0 <= saved["mean_accuracy"] <= 1.0
+    assert [saved["attributes"][n]["threshold"] for n in names] == pytest.approx(thresholds, abs=0)
+    # mean_accuracy is the mean of the attributes' accuracies
+    accs = [saved["attributes"][n]["accuracy"] for n in names]
+    assert saved["mean_accuracy"] == pytest.approx(sum(accs) / 2)
+    # the test split of 20 images at test_fraction 0.3 holds 6 images
+    assert saved["n_images"] == 6
+
+    # evaluate_checkpoint on the same split uses the same thresholds and reproduces the numbers
+    ev = evaluate_checkpoint(run, split="test", device="cpu", progress=False)
+    assert [ev["attributes"][n]["threshold"] for n in names] == pytest.approx(thresholds, abs=0)
+    assert ev["mean_accuracy"] == pytest.approx(saved["mean_accuracy"], abs=1e-9)
+    for n in names:
+        for key in ("accuracy", "balanced_accuracy", "positive_rate", "predicted_positive_rate"):
+            assert ev["attributes"][n][key] == pytest.approx(saved["attributes"][n][key], abs=1e-9, nan_ok=True)
+
+
+def test_evaluate_applies_the_checkpoint_thresholds(csv_run, tmp_path):
+    """Thresholds 0 (everything positive) and 2 (everything negative) make accuracy the class rates."""
+    run, names = csv_run["run"], csv_run["names"]
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    ckpt["thresholds"] = [0.0, 2.0]
+    torch.save(ckpt, tmp_path / "edited.pt")
+    ev = evaluate_checkpoint(tmp_path / "edited.pt", split="all", device="cpu", progress=False)
+    a, b = ev["attributes"]["A"], ev["attributes"]["B"]
+    assert (a["threshold"], b["threshold"]) == (0.0, 2.0)
+    assert a["predicted_positive_rate"] == 1.0 and b["predicted_positive_rate"] == 0.0
+    labels = np.array([[float(v) for v in r[1:3]] for r in csv_run["rows"]])
+    assert a["accuracy"] == pytest.approx(labels[:, 0].mean())
+    assert b["accuracy"] == pytest.approx(1 - labels[:, 1].mean())
+    assert a["positive_rate"] == pytest.approx(labels[:, 0].mean())
+    assert ev["n_images"] == 20
+    # the figures at 0.5 are reported beside the tuned ones, and differ from the degenerate thresholds here
+    assert "accuracy_at_0.5" in a and "mean_accuracy_at_0.5" in ev
+
+
+# --- resume gives the same model as an uninterrupted run ------------------------------------------------------
+
+
+def _resume_config(tmp_path):
+    rows = random_csv_rows(16, ["A", "B", "C"], seed=4)
+    data = write_csv_folder(tmp_path / "data", ["image", "A", "B", "C"], rows)
+    return tiny_config(tmp_path / "cache", data__root=data, data__format="csv", train__epochs=2,
+                       train__batch_size=4, train__max_steps_per_epoch=2, train__flip="true",
+                       train__shift=0.125, model__trunk="[16]", model__trunk_dropout=0.5,
+                       data__val_fraction=0.25, data__test_fraction=0.25)
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = _resume_config(tmp_path)
+    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    fit(cfg, full_dir, progress=False)
+
+    real = train_mod.train_one_epoch
+    calls = []
+
+    def interrupt_at_second_epoch(*args, **kwargs):
+        epoch = args[6] if len(args) > 6 else kwargs["epoch"]
+        calls.append(epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupt_at_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, resumed_dir, progress=False)
+    assert calls == [0, 1]
+    after_one = load_checkpoint(resumed_dir / "checkpoints" / "last.pt")
+    assert after_one["epoch"] == 0 and len(after_one["history"]) == 1
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    fit(cfg, resumed_dir, resume=True, progress=False)
+
+    full, resumed = _weights(full_dir / "checkpoints" / "last.pt"), _weights(resumed_dir / "checkpoints" / "last.pt")
+    assert list(full) == list(resumed)
+    for key in full:
+        assert torch.allclose(full[key].float(), resumed[key].float(), atol=1e-6, rtol=0), key
+    # training moved the weights in the second epoch, so the comparison above is not vacuous
+    moved = [k for k in full if full[k].is_floating_point()
+             and not torch.allclose(full[k], after_one["model"][k], atol=1e-6, rtol=0)]
+    assert len(moved) > 10
+
+    last = load_checkpoint(resumed_dir / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1 and len(last["history"]) == 2
+    with open(resumed_dir / "metrics.csv") as fh:
+        rows_resumed = list(csv.DictReader(fh))
+    with open(full_dir / "metrics.csv") as fh:
+        rows_full = list(csv.DictReader(fh))
+    assert [r["epoch"] for r in rows_resumed] == ["1", "2"]
+    for a, b in zip(rows_full, rows_resumed):
+        for key in ("train/loss", "lr", "val/loss", "val/mean_accuracy"):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-6), key
+    # the final evaluation agrees too
+    m_full = json.loads((full_dir / "metrics.json").read_text())
+    m_res = json.loads((resumed_dir / "metrics.json").read_text())
+    assert m_full["epochs"] == m_res["epochs"] == 2
+    assert m_full["mean_accuracy"] == pytest.approx(m_res["mean_accuracy"], abs=1e-9)
+
+    # resuming with another attribute set is refused, naming the checkpoint
+    cfg.data.attributes = ["A", "C"]
+    cfg.train.epochs = 3
+    with pytest.raises(AttrnetError, match="last.pt: checkpoint was trained on attributes"):
+        fit(cfg, resumed_dir, resume=True, progress=False)
+
+
+# --- atomic checkpoint writes ---------------------------------------------------------------------------------
+
+
+def test_failed_checkpoint_write_leaves_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "ckpts" / "last.pt"
+    save_checkpoint(path, model={"w": torch.arange(4.0)}, attributes=["A"], epoch=3)
+    before = path.read_bytes()
+
+    real_save = torch.save
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, model={"w": torch.zeros(4)}, attributes=["A"], epoch=4)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left behind
+    ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] == 3 and torch.equal(ckpt["model"]["w"], torch.arange(4.0))
+
+
+def test_failed_first_write_leaves_nothing(tmp_path, monkeypatch):
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "best.pt", model={}, attributes=[])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_successful_write_replaces_the_file(tmp_path):
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, model={"w": torch.ones(2)}, attributes=["A"], epoch=0)
+    save_checkpoint(path, model={"w": torch.full((2,), 5.0)}, attributes=["A"], epoch=1)
+    ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] == 1 and ckpt["version"] == 1 and torch.equal(ckpt["model"]["w"], torch.full((2,), 5.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+    assert math.isclose(path.stat().st_mode & 0o777, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
