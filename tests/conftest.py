@@ -15,6 +15,13 @@ from PIL import Image
 
 NAN = float("nan")
 
+
+def pytest_configure(config):
+    # One intra-op thread: on a small, shared CPU, torch's thread pool fighting other processes for the
+    # cores made a tiny training run several times slower (46 s against 6 s for the resume test).
+    import torch
+    torch.set_num_threads(1)
+
 # A CelebA label file with 1 / -1 and some 0 (= unknown) values.
 CELEBA_NAMES = ["Smiling", "Male", "Eyeglasses"]
 CELEBA_VALUES = [[1, -1, 0],

@@ -95,6 +95,28 @@ def test_predict_bad_output_suffix(run_cli, tmp_path, csv_run):
     assert not (tmp_path / "p.txt").exists()
 
 
+def test_predict_skips_and_reports_unreadable_images(run_cli, tmp_path, csv_run):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("img000.jpg", "img001.jpg", "img002.jpg"):
+        (folder / name).write_bytes((csv_run["data"] / name).read_bytes())
+    (folder / "broken.jpg").write_text("not an image")
+    (folder / "notes.txt").write_text("not an image either, and not named like one")
+    code, out, err = run_cli(["predict", csv_run["run"], folder, "--out", tmp_path / "p.json", "--device", "cpu"])
+    assert code == 0, err
+    assert "wrote 3 predictions" in out
+    assert "skipped 1 unreadable image(s)" in err and "broken.jpg" in err
+    pj = json.loads((tmp_path / "p.json").read_text())
+    assert [Path(r["image"]).name for r in pj["images"]] == ["img000.jpg", "img001.jpg", "img002.jpg"]
+    assert [Path(p).name for p in pj["unreadable"]] == ["broken.jpg"]
+    assert pj["attributes"] == ["A", "B"]
+    ckpt = load_checkpoint(csv_run["run"])
+    assert pj["thresholds"] == pytest.approx(ckpt["thresholds"])
+    for row in pj["images"]:
+        for j, a in enumerate(["A", "B"]):
+            assert row["attributes"][a] == int(row["probabilities"][a] >= ckpt["thresholds"][j])
+
+
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_a_text_file_is_not_a_checkpoint(run_cli, tmp_path, csv_run, command):
     fake = tmp_path / "model.pt"

@@ -53,7 +53,8 @@ def test_missing_or_foreign_weights_file_is_an_error(tmp_path):
         create_backbone("resnet7")
 
 
-@pytest.mark.parametrize("trunk,head_hidden", [([], 0), ([32, 32], 8)])
+@pytest.mark.parametrize("head_hidden", [0, 8])
+@pytest.mark.parametrize("trunk", [[], [32, 32]])
 @pytest.mark.parametrize("in_chans", [1, 3])
 def test_model_output_shape(trunk, head_hidden, in_chans):
     torch.manual_seed(0)

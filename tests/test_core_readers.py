@@ -11,6 +11,7 @@ from attrnet.config import DataConfig
 from attrnet.data.celeba import read_celeba
 from attrnet.data.csv_folder import read_csv_folder
 from attrnet.data.formats import assign_partition, read_table, split_indices
+from attrnet.data.inspect import format_inspection, inspect_folder
 from attrnet.data.table import TEST, TRAIN, VAL, AttributeTable
 from attrnet.engine.setup import prepare_data
 from attrnet.errors import AttrnetError
@@ -199,6 +200,22 @@ def test_broken_images_are_an_error_when_asked(tmp_path):
     with pytest.raises(AttrnetError) as exc:
         prepare_data(cfg, progress=False)
     assert "2 unreadable image(s)" in str(exc.value) and "000002.jpg" in str(exc.value)
+
+
+def test_inspect_reports_rates_missing_and_unreadable_files(tmp_path):
+    root = write_celeba(tmp_path / "celeba", partition=[0, 0, 1, 2, 0, 1])
+    _break_images(root)
+    (root / "img_align_celeba" / "000006.jpg").unlink()
+    info = inspect_folder(root)
+    assert info["format"] == "celeba" and info["images"] == 6 and info["attributes"] == 3
+    assert info["partition"] == {"train": 3, "val": 2, "test": 1}
+    assert info["per_attribute"]["Male"] == {"positive_rate": 0.5, "unknown_rate": pytest.approx(2 / 6)}
+    assert [Path(p).name for p in info["missing"]] == ["000006.jpg"]
+    assert sorted(Path(p).name for p in info["unreadable"]) == ["000002.jpg", "000005.jpg"]
+    assert info["image_sizes"] == {"16x16": 3}
+    text = format_inspection(info)
+    assert "6 images, 3 attributes" in text and "missing files: 1" in text and "unreadable files: 2" in text
+    assert any(line.split() == ["Male", "0.500", "0.333"] for line in text.splitlines())
 
 
 # --- the seeded split when a format has no partition ---------------------------------------------------------

@@ -48,6 +48,7 @@ class ModelConfig:
     small_input: bool = False         # 3x3 stride-1 stem without max-pool, for images of 64 px or less
     trunk: list = field(default_factory=list)   # hidden sizes of the shared MLP, e.g. [4096, 4096]
     trunk_dropout: float = 0.5
+    dropout: float = 0.0              # dropout on the features every head reads
     head_hidden: int = 0              # 0 = one linear classifier per attribute; >0 = an MLP head per attribute
     head: str = "independent"         # independent (one head per attribute) | latent (w_m = L s^m)
     latent_tasks: int = 0             # K for head=latent; 0 = min(M, 16)
@@ -69,6 +70,9 @@ class TrainConfig:
     pos_weight: bool = False          # weigh positives by negatives/positives per attribute (imbalanced labels)
     flip: bool = True
     shift: float = 0.0625             # random shift, as a fraction of the image size
+    scale: float = 0.0                # random zoom-in up to this fraction (0 = none)
+    label_smoothing: float = 0.0      # targets pulled toward 0.5 by this amount
+    ema: float = 0.0                  # weight EMA decay (e.g. 0.999); evaluation then uses the averaged weights
     freeze_bn: bool = False           # BatchNorm in eval mode while training: running statistics frozen,
                                       # affine weights still learnt (fine-tuning; exact multi-rank CPU runs)
     threshold_metric: str = "accuracy"  # what per-attribute thresholds are tuned for on val
@@ -98,6 +102,9 @@ class MTLConfig:
     thresholds: str = "zero"          # zero (score >= 0) | tuned (on val, for train.threshold_metric)
     baseline_lam: Any = None          # ridge weight of the independent baseline; None = lam
     grid: Any = None                  # {mu: [...], gamma: [...], lam: [...], latent_tasks: [...]}: pick on val
+    inner_max_iter: int = 100         # FISTA iterations per S- or L-step
+    inner_tol: float = 1e-6           # relative objective change that ends an S- or L-step
+    solver_threads: int = 1           # CPU threads for the solver (0 = torch's default; small problems: 1 is fastest)
 
 
 @dataclass

@@ -6,10 +6,16 @@ import torch
 import torch.nn.functional as F
 
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean binary cross-entropy over the known labels only; NaN targets contribute nothing."""
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None,
+               smoothing: float = 0.0) -> torch.Tensor:
+    """Mean binary cross-entropy over the known labels only; NaN targets contribute nothing.
+
+    smoothing pulls the targets toward 0.5 (label smoothing).
+    """
     known = ~torch.isnan(targets)
     safe = torch.where(known, targets, torch.zeros_like(targets))
+    if smoothing:
+        safe = safe * (1 - smoothing) + 0.5 * smoothing
     loss = F.binary_cross_entropy_with_logits(logits.float(), safe, pos_weight=pos_weight, reduction="none")
     # No host sync: a batch with no known label gives 0, not NaN. where, not a product: an infinite logit
     # at an unknown entry gives an infinite loss there, and inf * 0 would be NaN.

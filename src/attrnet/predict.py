@@ -17,7 +17,7 @@ from attrnet import atomic
 from attrnet.config import config_from_dict
 from attrnet.data.augment import normalize
 from attrnet.data.images import load_image, resize_image
-from attrnet.engine.checkpoint import load_checkpoint
+from attrnet.engine.checkpoint import inference_state, load_checkpoint
 from attrnet.engine.setup import resolve_device
 from attrnet.errors import AttrnetError
 from attrnet.models.build import AttributeNet, build_model
@@ -81,7 +81,7 @@ class Predictor:
         cfg.model.pretrained = False  # the checkpoint holds the trained weights
         names = list(ckpt["attributes"])
         model = build_model(cfg.model, len(names), 1 if ckpt["grayscale"] else 3)
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(inference_state(ckpt))
         thresholds = np.asarray(ckpt.get("thresholds") or [0.5] * len(names))
         return cls(model, names, thresholds, tuple(ckpt["image_size"]), ckpt["grayscale"],
                    ckpt.get("resize", "squash"), resolve_device(device))

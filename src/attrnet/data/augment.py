@@ -30,6 +30,22 @@ def augment(x: torch.Tensor, flip: bool, shift: float, generator: torch.Generato
     return x
 
 
+def random_affine(x: torch.Tensor, flip: bool, shift: float, scale: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flips, translations and zooms of a float batch in one batched resampling (grid_sample)."""
+    b = x.shape[0]
+    dev = x.device
+    u = torch.rand(b, 4, device=dev, generator=generator)
+    sign = torch.where(u[:, 0] < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=dev)
+    zoom = 1.0 / (1.0 + scale * u[:, 1])               # < 1: sample a smaller window = zoom in
+    tx, ty = (u[:, 2] * 2 - 1) * 2 * shift, (u[:, 3] * 2 - 1) * 2 * shift
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2] = zoom * sign, tx
+    theta[:, 1, 1], theta[:, 1, 2] = zoom, ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
     """uint8 [B, C, H, W] -> float, scaled to [0, 1] and standardised with ImageNet statistics."""
     c = x.shape[1]

@@ -40,3 +40,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.is_file():
         raise AttrnetError(f"checkpoint not found: {path}")
     return path
+
+
+def inference_state(ckpt: dict) -> dict:
+    """The weights to predict with: the EMA average when the run kept one, else the trained weights."""
+    return ckpt.get("ema") or ckpt["model"]

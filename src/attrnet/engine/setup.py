@@ -81,7 +81,12 @@ def images_for_device(decoded: DecodedImages, device: torch.device, mode) -> tor
         free, _ = torch.cuda.mem_get_info(device)
         if nbytes > free / 3:
             return decoded.images
-    return torch.from_numpy(np.ascontiguousarray(decoded.images)).to(device)
+    # Copied in chunks: host memory stays a chunk, not a second copy of the whole set.
+    images = decoded.images
+    out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    for start in range(0, len(images), 4096):
+        out[start:start + 4096].copy_(torch.from_numpy(np.array(images[start:start + 4096])))
+    return out
 
 
 def make_loader(images, data: PreparedData, idx: np.ndarray, batch_size: int, device: torch.device,

@@ -17,10 +17,10 @@ from tqdm import tqdm
 
 from attrnet import atomic, metrics, report
 from attrnet.config import Config
-from attrnet.data.augment import augment, normalize
+from attrnet.data.augment import augment, normalize, random_affine
 from attrnet.data.batches import BatchLoader
 from attrnet.engine import distributed as ddp
-from attrnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from attrnet.engine.checkpoint import inference_state, load_checkpoint, save_checkpoint
 from attrnet.engine.setup import PreparedData, images_for_device, make_loader, prepare_data, resolve_device
 from attrnet.errors import AttrnetError
 from attrnet.losses import masked_bce
@@ -99,10 +99,10 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler,
     bar = tqdm(batches, total=min(len(loader), limit or len(loader)), desc=f"epoch {epoch + 1}",
                leave=False, disable=not (progress and dist.is_main), unit="batch")
     for x, y in bar:
-        x = normalize(augment(x, cfg.train.flip, cfg.train.shift, gen), channels_last=precision.channels_last)
+        x = augment_batch(x, cfg, gen, precision.channels_last)
         with precision.autocast():
             logits = model(x)
-        loss = masked_bce(logits, y, pos_weight)
+        loss = masked_bce(logits, y, pos_weight, cfg.train.label_smoothing)
         if dist.enabled:
             # DDP averages gradients over ranks; scale so the result is the mean over the global batch's
             # known labels, exactly as one process would compute it.
@@ -123,6 +123,15 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler,
             break
     ddp.all_reduce_sum(loss_sum, dist)
     return loss_sum.item() / max(1, steps * dist.world_size)
+
+
+def augment_batch(x: torch.Tensor, cfg: Config, gen: torch.Generator, channels_last: bool) -> torch.Tensor:
+    """uint8 batch -> augmented, normalised float batch (all on the batch's device)."""
+    t = cfg.train
+    if t.scale > 0:
+        x = random_affine(normalize(x), t.flip, t.shift, t.scale, gen)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return normalize(augment(x, t.flip, t.shift, gen), channels_last=channels_last)
 
 
 @torch.no_grad()
@@ -208,7 +217,13 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
     train_model = nn.parallel.DistributedDataParallel(model) if dist.enabled else model
     if cfg.train.compile:
         train_model = torch.compile(train_model)
-    after_step = proximal_step_fn(model, cfg, data.groups, names, scheduler)
+    ema = make_ema(model, cfg.train.ema)
+    if ema is not None and resume and last_path.is_file() and ckpt.get("ema"):
+        ema.module.load_state_dict(ckpt["ema"])
+        ema.n_averaged.fill_(1)
+    after_step = chain(proximal_step_fn(model, cfg, data.groups, names, scheduler),
+                       (lambda: ema.update_parameters(model)) if ema is not None else None)
+    eval_model = ema.module if ema is not None else model
     val_loader = make_loader(images, data, val_idx, cfg.train.batch_size * 2, device, False,
                              rank=dist.rank, world_size=dist.world_size)
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -219,7 +234,7 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
         row = {"epoch": epoch + 1, "train/loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
                "seconds": round(seconds, 2), "train/images_per_s": round(steps * cfg.train.batch_size / seconds, 1)}
         if len(val_idx):
-            probs, labels = predict_probs(model, val_loader, precision, dist)
+            probs, labels = predict_probs(eval_model, val_loader, precision, dist)
             m = metrics.attribute_metrics(probs, labels, names)
             with torch.no_grad():
                 val_loss = masked_bce(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
@@ -231,7 +246,8 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
         if dist.is_main:
             state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict(), epoch=epoch, history=history,
-                         best_metric=max(best, score), **model_meta(cfg, names, data.groups))
+                         best_metric=max(best, score), ema=ema.module.state_dict() if ema is not None else None,
+                         **model_meta(cfg, names, data.groups))
             if score > best:
                 save_checkpoint(ckpt_dir / "best.pt", **state)
             save_checkpoint(last_path, **state)  # last: written after best, so resume never skips a best
@@ -244,6 +260,21 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
     result = finish(cfg, run_dir, data, device, precision, dist, val_idx, test_idx, history)
     ddp.shutdown(dist)
     return result if dist.is_main else None
+
+
+def make_ema(model: nn.Module, decay: float):
+    """An exponential moving average of the weights (and BN statistics), updated after each step."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def chain(*fns):
+    fns = [f for f in fns if f is not None]
+    if not fns:
+        return None
+    return lambda: [f() for f in fns]
 
 
 def proximal_step_fn(model: nn.Module, cfg: Config, groups, names: list[str], scheduler):
@@ -290,7 +321,7 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, device, precision, di
     ddp.barrier(dist)
     ckpt = load_checkpoint(best_path)
     model = build_model(cfg.model, len(names), 1 if cfg.data.grayscale else 3).to(device)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(inference_state(ckpt))
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     images = images_for_device(data.decoded, device, cfg.data.cache_on_device)

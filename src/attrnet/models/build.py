@@ -10,16 +10,17 @@ from attrnet.models.heads import AttributeHeads, LatentTaskHead, make_trunk
 
 
 class AttributeNet(nn.Module):
-    def __init__(self, backbone: nn.Module, trunk: nn.Module, heads: nn.Module):
+    def __init__(self, backbone: nn.Module, trunk: nn.Module, heads: nn.Module, dropout: float = 0.0):
         super().__init__()
         self.backbone, self.trunk, self.heads = backbone, trunk, heads
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate features every attribute's classifier reads."""
         return self.trunk(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads(self.features(x))
+        return self.heads(self.dropout(self.features(x)))
 
 
 def build_model(model_cfg, num_attributes: int, in_chans: int) -> AttributeNet:
@@ -34,4 +35,4 @@ def build_model(model_cfg, num_attributes: int, in_chans: int) -> AttributeNet:
     else:
         from attrnet.errors import AttrnetError
         raise AttrnetError(f"unknown model.head {model_cfg.head!r}; valid: independent, latent")
-    return AttributeNet(backbone, trunk, heads)
+    return AttributeNet(backbone, trunk, heads, model_cfg.dropout)
