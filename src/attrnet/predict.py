@@ -50,9 +50,9 @@ class _Files(Dataset):
 
     def __getitem__(self, i):
         try:
-            if self.raw:  # bytes only: the GPU decodes
-                from torchvision.io import read_file
-                return i, read_file(str(self.paths[i])), True
+            if self.raw:  # bytes only: the GPU decodes. A numpy array is pickled through the worker's pipe;
+                # thousands of small tensors would each need a shared-memory file descriptor.
+                return i, np.fromfile(self.paths[i], dtype=np.uint8), True
             return i, load_image(self.paths[i], self.size, self.grayscale, self.resize), True
         except Exception:
             return i, None, False
@@ -105,7 +105,7 @@ class Predictor:
             good = [(i, t) for i, t, ok in items if ok]
             bad = [paths[i] for i, _, ok in items if not ok]
             if gpu_decode and good:
-                good, more_bad = self._decode_on_gpu(good)
+                good, more_bad = self._decode_on_gpu([(i, torch.from_numpy(t)) for i, t in good])
                 bad += [paths[i] for i in more_bad]
             if not good:
                 yield [], np.zeros((0, len(self.attributes))), bad
