@@ -73,9 +73,9 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="training and prediction throughput, one JSON line per case",
                        description="Compare the seed's loop, a plain DataLoader loop and attrnet's pipeline.")
     p.add_argument("--device", default="auto")
-    p.add_argument("--n", type=int, default=0, help="images (default: 512 on CPU, 20000 on GPU)")
+    p.add_argument("--n", type=int, default=0, help="images (default: 256 on CPU, 20000 on GPU)")
     p.add_argument("--image-size", type=int, default=0, help="default: 64 on CPU, 128 on GPU")
-    p.add_argument("--batch-size", type=int, default=0, help="default: 64 on CPU, 512 on GPU")
+    p.add_argument("--batch-size", type=int, default=0, help="default: 32 on CPU, 512 on GPU")
     p.add_argument("--attributes", type=int, default=40)
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--cases", default="all", help="comma-separated case names, or all")

@@ -96,6 +96,7 @@ class MTLConfig:
     balance: bool = False             # weigh examples so each attribute's classes count equally
     feature_epochs: int = 5           # epochs of each single-attribute CNN (features=per_attribute)
     models_per_pass: int = 0          # per_attribute: CNNs trained together in one vmap pass; 0 = all M
+    per_attribute_training: str = "auto"  # vmap (one batched pass) | loop (models looped in a step) | sequential | auto
     save_feature_cnns: bool = True    # per_attribute: keep the M CNNs' stacked weights (feature_cnns.pt)
     reuse_features: bool = True       # reuse run_dir/features.pt when it was made with the same settings
     standardize: bool = True          # z-score the features with the training rows' mean and std
