@@ -14,8 +14,9 @@ independent AdamW runs (``SequentialCNNs`` is the plain loop it is checked again
 
 ``LoopCNNs`` is the fallback: the M models in a Python loop inside one step, one AdamW over all of them.
 vmap turns the M convolutions into one grouped convolution; on the CPU that measured slower than M plain
-ones (measure_batched_speedup: 0.88x at 32 px, 0.59x at 64 px, 8 resnet18s, batch 32, 2 shared cores), so
-``mtl.per_attribute_training: auto`` uses vmap on a GPU and the loop on the CPU.
+ones (measure_batched_speedup, resnet18, batch 32, 2 shared cores: 0.88x with 8 models at 32 px, 0.59x
+with 8 at 64 px, 0.16x with 36 at 32 px; the loop ran at 1.03x the sequential loop), so
+``mtl.per_attribute_training: auto`` uses vmap on a GPU (not yet measured there) and the loop on the CPU.
 
 BatchNorm: the running statistics are stacked like the weights ([M, C] buffers). In training mode each
 model's BatchNorm updates its own slice in place (a batched tensor updated with a batched value, which vmap
@@ -115,8 +116,9 @@ class BatchedCNNs:
     def __init__(self, models: list[nn.Module], device: torch.device):
         if not models:
             raise AttrnetError("BatchedCNNs needs at least one model")
-        models = [m.to(device) for m in models]
-        self.params, self.buffers = stack_module_state(models)
+        params, buffers = stack_module_state(models)  # stacked where the models are, then moved once
+        self.params = {k: v.detach().to(device).requires_grad_(v.requires_grad) for k, v in params.items()}
+        self.buffers = {k: v.to(device) for k, v in buffers.items()}
         self.base = copy.deepcopy(models[0]).to("meta")
         self.num_models = len(models)
         self.device = device
@@ -342,6 +344,8 @@ def train_attribute_cnns(cfg: Config, data: PreparedData, device: torch.device |
             cols = list(range(start, min(M, start + chunk)))
             part = models[start:start + chunk]
             net: BatchedCNNs | LoopCNNs = BatchedCNNs(part, device) if mode == "vmap" else LoopCNNs(part, device)
+            models[start:start + chunk] = [None] * len(part)  # type: ignore[list-item]  # held by net now
+            del part
             net.setup_optimizer(cfg, epochs, steps)
             pw = _pos_weight(cfg, data, cols, device)
             for epoch in range(epochs):
@@ -377,13 +381,13 @@ def train_attribute_cnns(cfg: Config, data: PreparedData, device: torch.device |
     return states, info
 
 
-def _models_from_states(cfg: Config, states: list[dict], device: torch.device) -> list[nn.Module]:
+def _models_from_states(cfg: Config, states: list[dict]) -> list[nn.Module]:
     in_chans = 1 if cfg.data.grayscale else 3
     models = []
     for state in states:
         model = build_model(dataclasses.replace(cfg.model, pretrained=False), 1, in_chans)
         model.load_state_dict(state)
-        models.append(model.to(device))
+        models.append(model)  # on the CPU: BatchedCNNs / SequentialCNNs move them
     return models
 
 
@@ -401,7 +405,7 @@ def per_attribute_features(cfg: Config, data: PreparedData, states: list[dict],
     vmap = resolve_training_mode(cfg.mtl.per_attribute_training, device) == "vmap"
     out: np.ndarray | None = None
     for start in range(0, M, chunk):
-        part = _models_from_states(cfg, states[start:start + chunk], device)
+        part = _models_from_states(cfg, states[start:start + chunk])
         net: BatchedCNNs | SequentialCNNs = BatchedCNNs(part, device) if vmap else SequentialCNNs(part, device)
         loader = make_loader(images, data, idx, cfg.train.batch_size * 2, device, False)
         parts = []
