@@ -106,7 +106,8 @@ def cmd_train(args) -> None:
         result = fit(cfg, out, resume=args.resume)
     if result is not None:
         print(format_table(result))
-        print(f"\nrun folder: {out}  (metrics.json, checkpoints/, plots/)")
+        what = "metrics.json, mtl_model.pt, cnn/, plots/" if cfg.mtl.enabled else "metrics.json, checkpoints/, plots/"
+        print(f"\nrun folder: {out}  ({what})")
 
 
 def cmd_evaluate(args) -> None:
