@@ -112,9 +112,9 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
-        if after_step is not None:
+        if after_step is not None:  # before scheduler.step(): proximal steps use the lr this step used
             after_step()
+        scheduler.step()
         loss_sum += loss.detach()
         steps += 1
         if progress and dist.is_main and steps % cfg.train.log_every == 0:
