@@ -172,14 +172,14 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     ckpt_dir = run_dir / "checkpoints"
+    if data is None:  # first, so bad data fails before anything is written into the run folder
+        with ddp.local_main_first(dist):  # one cache build per node; the node's other ranks then open it
+            data = prepare_data(cfg, progress=progress and dist.is_main)
     if dist.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "plots").mkdir(exist_ok=True)
         import yaml
         atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if data is None:
-        with ddp.local_main_first(dist):  # one cache build per node; the node's other ranks then open it
-            data = prepare_data(cfg, progress=progress and dist.is_main)
     names = data.table.names
     train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
     if len(train_idx) == 0:
