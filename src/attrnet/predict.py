@@ -14,13 +14,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from attrnet import atomic
-from attrnet.config import config_from_dict
 from attrnet.data.augment import normalize
 from attrnet.data.images import load_image, resize_image
-from attrnet.engine.checkpoint import inference_state, load_checkpoint
+from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from attrnet.engine.setup import resolve_device
 from attrnet.errors import AttrnetError
-from attrnet.models.build import AttributeNet, build_model
+from attrnet.models.build import AttributeNet
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -77,11 +76,8 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Predictor":
         ckpt = load_checkpoint(path)
-        cfg = config_from_dict(ckpt["config"], f"{path} (config)")
-        cfg.model.pretrained = False  # the checkpoint holds the trained weights
         names = list(ckpt["attributes"])
-        model = build_model(cfg.model, len(names), 1 if ckpt["grayscale"] else 3)
-        model.load_state_dict(inference_state(ckpt))
+        model = model_from_checkpoint(ckpt)
         thresholds = np.asarray(ckpt.get("thresholds") or [0.5] * len(names))
         return cls(model, names, thresholds, tuple(ckpt["image_size"]), ckpt["grayscale"],
                    ckpt.get("resize", "squash"), resolve_device(device))

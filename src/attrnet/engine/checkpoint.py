@@ -45,3 +45,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def inference_state(ckpt: dict) -> dict:
     """The weights to predict with: the EMA average when the run kept one, else the trained weights."""
     return ckpt.get("ema") or ckpt["model"]
+
+
+def model_from_checkpoint(ckpt: dict):
+    """The checkpoint's network with the weights to predict with (built without downloading ImageNet weights)."""
+    from attrnet.config import config_from_dict
+    from attrnet.models.build import build_model
+
+    cfg = config_from_dict(ckpt["config"], "checkpoint config")
+    cfg.model.pretrained = False  # the checkpoint holds the trained weights
+    model = build_model(cfg.model, len(ckpt["attributes"]), 1 if ckpt["grayscale"] else 3)
+    model.load_state_dict(inference_state(ckpt))
+    return model

@@ -9,11 +9,10 @@ import torch
 
 from attrnet.config import Config, config_from_dict
 from attrnet.data.formats import read_table
-from attrnet.engine.checkpoint import inference_state, load_checkpoint, resolve_checkpoint
+from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from attrnet.engine.setup import images_for_device, make_loader, prepare_data, resolve_device
 from attrnet.engine.train import Precision, evaluation_report, predict_probs
 from attrnet.errors import AttrnetError
-from attrnet.models.build import build_model
 
 
 def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | None = None,
@@ -40,9 +39,7 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
     if len(idx) == 0:
         raise AttrnetError(f"split {split!r} of {data_cfg.root} is empty; try --split all")
     dev = resolve_device(device)
-    cfg.model.pretrained = False
-    model = build_model(cfg.model, len(names), 1 if cfg.data.grayscale else 3).to(dev)
-    model.load_state_dict(inference_state(ckpt))
+    model = model_from_checkpoint(ckpt).to(dev)
     precision = Precision(cfg, dev)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -20,7 +20,7 @@ from attrnet.config import Config
 from attrnet.data.augment import augment, normalize, random_affine
 from attrnet.data.batches import BatchLoader
 from attrnet.engine import distributed as ddp
-from attrnet.engine.checkpoint import inference_state, load_checkpoint, save_checkpoint
+from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from attrnet.engine.setup import PreparedData, images_for_device, make_loader, prepare_data, resolve_device
 from attrnet.errors import AttrnetError
 from attrnet.losses import masked_bce
@@ -257,7 +257,7 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
                      row["train/images_per_s"])
         best = max(best, score)
         ddp.barrier(dist)
-    result = finish(cfg, run_dir, data, device, precision, dist, val_idx, test_idx, history)
+    result = finish(cfg, run_dir, data, images, device, precision, dist, val_idx, test_idx, history)
     ddp.shutdown(dist)
     return result if dist.is_main else None
 
@@ -313,18 +313,16 @@ def check_attributes(ckpt: dict, names: list[str], where) -> None:
                            f"({len(ckpt['attributes'])}), not this run's {len(names)} attributes")
 
 
-def finish(cfg: Config, run_dir: Path, data: PreparedData, device, precision, dist, val_idx, test_idx,
+def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, precision, dist, val_idx, test_idx,
            history) -> dict:
     """Load best.pt, tune per-attribute thresholds on val, evaluate on test, write JSON and plots."""
     names = data.table.names
     best_path = run_dir / "checkpoints" / "best.pt"
     ddp.barrier(dist)
     ckpt = load_checkpoint(best_path)
-    model = build_model(cfg.model, len(names), 1 if cfg.data.grayscale else 3).to(device)
-    model.load_state_dict(inference_state(ckpt))
+    model = model_from_checkpoint(ckpt).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
     bs = cfg.train.batch_size * 2
     thresholds = np.full(len(names), 0.5)
     if len(val_idx):

@@ -450,15 +450,11 @@ def shared_features(cfg: Config, model: nn.Module, data: PreparedData, device: t
 
 def train_shared_cnn(cfg: Config, data: PreparedData, cnn_dir: Path, progress: bool = True) -> tuple[nn.Module, dict]:
     """The core's multi-attribute fit on the training split; returns its best model and its test metrics."""
-    from attrnet.engine.checkpoint import load_checkpoint
+    from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from attrnet.engine.train import fit
 
     result = fit(cfg, cnn_dir, progress=progress, data=data)
-    ckpt = load_checkpoint(cnn_dir / "checkpoints" / "best.pt")
-    model = build_model(dataclasses.replace(cfg.model, pretrained=False), len(data.table.names),
-                        1 if cfg.data.grayscale else 3)
-    model.load_state_dict(ckpt["model"])
-    return model, result
+    return model_from_checkpoint(load_checkpoint(cnn_dir / "checkpoints" / "best.pt")), result
 
 
 # ---------------------------------------------------------------- cache and entry point
