@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from attrnet.cli import main
 from attrnet.engine.checkpoint import load_checkpoint
@@ -268,3 +269,26 @@ def test_end_to_end_synth_train_evaluate_predict_inspect(run_cli, tmp_path):
         line = next(x for x in out.splitlines() if x.startswith(name + " "))
         assert line.split()[1:] == [f"{labels[:, j].mean():.3f}", "0.000"]
     assert "image sizes: 32x32 (60)" in out and "unreadable files: 0" in out
+
+
+def test_evaluate_and_predict_with_flip_tta(run_cli, tmp_path, csv_run):
+    code, out, _ = run_cli(["evaluate", csv_run["run"], "--split", "all", "--device", "cpu",
+                            "--out", tmp_path / "plain.json"])
+    assert code == 0
+    code, out, _ = run_cli(["evaluate", csv_run["run"], "--split", "all", "--device", "cpu", "--tta", "flip",
+                            "--out", tmp_path / "flip.json"])
+    assert code == 0
+    plain, flip = (json.loads((tmp_path / f).read_text()) for f in ("plain.json", "flip.json"))
+    assert plain["tta"] == "none" and flip["tta"] == "flip"
+    assert 0 <= flip["mean_accuracy"] <= 1
+    # predict: the flip probabilities are those of the image and of its mirror image, averaged (in logits)
+    from attrnet.predict import Predictor
+    p_none = Predictor.from_checkpoint(csv_run["run"], "cpu", tta="none")
+    p_flip = Predictor.from_checkpoint(csv_run["run"], "cpu", tta="flip")
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    logit = torch.logit
+    expected = torch.sigmoid((logit(p_none.predict_tensor(x)) + logit(p_none.predict_tensor(x.flip(-1)))) / 2)
+    torch.testing.assert_close(p_flip.predict_tensor(x), expected, rtol=1e-4, atol=1e-5)
+    code, _, err = run_cli(["predict", csv_run["run"], csv_run["data"], "--tta", "flip", "--device", "cpu",
+                            "--out", tmp_path / "p.csv"])
+    assert code == 0 and (tmp_path / "p.csv").read_text().count("\n") == len(csv_run["rows"]) + 1

@@ -90,3 +90,27 @@ def test_trunk_has_dropout_in_train_mode_only():
     assert not torch.equal(a, b)
     model.trunk.eval()
     assert torch.equal(model.trunk(feats), model.trunk(feats))
+
+
+def test_flip_tta_averages_the_image_and_its_mirror_in_eval_mode_only():
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(), 5, 3).eval()
+    tta = build_model(ModelConfig(tta="flip"), 5, 3)
+    tta.load_state_dict(plain.state_dict())
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = (plain(x) + plain(x.flip(-1))) / 2
+        torch.testing.assert_close(tta.eval()(x), expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(tta(x), plain(x), atol=1e-4)  # the mirror image does change the logits
+        # an image that is its own mirror image gets the plain logits
+        sym = torch.cat([x[..., :16], x[..., :16].flip(-1)], dim=-1)
+        torch.testing.assert_close(tta(sym), plain(sym), rtol=1e-5, atol=1e-5)
+    tta.train()
+    torch.manual_seed(1)
+    a = tta(x)
+    assert a.shape == (3, 5)  # training sees the batch once, as it is
+
+
+def test_unknown_tta_is_an_error():
+    with pytest.raises(AttrnetError, match="unknown test-time augmentation 'rot'; valid: none, flip"):
+        build_model(ModelConfig(tta="rot"), 2, 3)

@@ -33,6 +33,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", help="write the metrics as JSON to this file")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation (default: the run's model.tta)")
 
 
 def _add_predict(sub) -> None:
@@ -43,6 +44,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", help="FILE.csv or FILE.json (default: a table on standard output)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation (default: the run's model.tta)")
 
 
 def _add_data(sub) -> None:
@@ -114,7 +116,8 @@ def cmd_evaluate(args) -> None:
     from attrnet import atomic, report
     from attrnet.engine.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.format, args.split, args.device, args.batch_size)
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.format, args.split, args.device, args.batch_size,
+                                 tta=args.tta)
     print(report.format_table(result))
     if result.get("skipped_unreadable"):
         print(f"skipped {result['skipped_unreadable']} unreadable image(s)")
@@ -126,7 +129,7 @@ def cmd_evaluate(args) -> None:
 def cmd_predict(args) -> None:
     from attrnet.predict import Predictor, predict_to_file
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.tta)
     n, bad, rows = predict_to_file(predictor, args.paths, args.out, args.batch_size)
     if not args.out:
         names = predictor.attributes

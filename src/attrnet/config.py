@@ -52,6 +52,8 @@ class ModelConfig:
     head_hidden: int = 0              # 0 = one linear classifier per attribute; >0 = an MLP head per attribute
     head: str = "independent"         # independent (one head per attribute) | latent (w_m = L s^m)
     latent_tasks: int = 0             # K for head=latent; 0 = min(M, 16)
+    tta: str = "none"                 # test-time augmentation in validation, evaluate and predict:
+                                      # none | flip (mean of the image's and its mirror image's logits)
 
 
 @dataclass

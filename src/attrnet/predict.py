@@ -74,10 +74,11 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: str | None = None) -> "Predictor":
+        """tta: none | flip overrides the run's test-time augmentation (None keeps it)."""
         ckpt = load_checkpoint(path)
         names = list(ckpt["attributes"])
-        model = model_from_checkpoint(ckpt)
+        model = model_from_checkpoint(ckpt, tta)
         thresholds = np.asarray(ckpt.get("thresholds") or [0.5] * len(names))
         return cls(model, names, thresholds, tuple(ckpt["image_size"]), ckpt["grayscale"],
                    ckpt.get("resize", "squash"), resolve_device(device))

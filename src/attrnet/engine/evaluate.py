@@ -17,10 +17,14 @@ from attrnet.errors import AttrnetError
 
 def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | None = None,
                         split: str = "test", device: str = "auto", batch_size: int = 512,
-                        progress: bool = True) -> dict:
-    """Metrics of a checkpoint on `split` of data_root (read in the run's format and attribute set)."""
+                        progress: bool = True, tta: str | None = None) -> dict:
+    """Metrics of a checkpoint on `split` of data_root (read in the run's format and attribute set).
+
+    tta: none | flip overrides the run's test-time augmentation (None keeps it).
+    """
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt, tta)  # an unknown tta is reported before any image is decoded
     cfg: Config = config_from_dict(ckpt["config"], f"{ckpt_path} (config)")
     data_cfg = dataclasses.replace(cfg.data, root=data_root or cfg.data.root,
                                    format=data_format or cfg.data.format)
@@ -39,7 +43,7 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
     if len(idx) == 0:
         raise AttrnetError(f"split {split!r} of {data_cfg.root} is empty; try --split all")
     dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt).to(dev)
+    model = model.to(dev)
     precision = Precision(cfg, dev)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -47,6 +51,6 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
     probs, labels = predict_probs(model, make_loader(images, data, idx, batch_size, dev, False), precision)
     thresholds = np.asarray(ckpt.get("thresholds") or [0.5] * len(names))
     result = evaluation_report(probs, labels, names, thresholds, data.groups)
-    result.update(split=split, checkpoint=str(ckpt_path), data=str(data_cfg.root),
+    result.update(split=split, checkpoint=str(ckpt_path), data=str(data_cfg.root), tta=model.tta,
                   skipped_unreadable=int(data.decoded.n_bad))
     return result

@@ -9,18 +9,35 @@ from attrnet.models.backbones import create_backbone
 from attrnet.models.heads import AttributeHeads, LatentTaskHead, make_trunk
 
 
+TTA_MODES = ("none", "flip")
+
+
 class AttributeNet(nn.Module):
-    def __init__(self, backbone: nn.Module, trunk: nn.Module, heads: nn.Module, dropout: float = 0.0):
+    """In eval mode with tta="flip" the logits are the mean of the image's and its mirror image's."""
+
+    def __init__(self, backbone: nn.Module, trunk: nn.Module, heads: nn.Module, dropout: float = 0.0,
+                 tta: str = "none"):
         super().__init__()
         self.backbone, self.trunk, self.heads = backbone, trunk, heads
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.tta = check_tta(tta)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate features every attribute's classifier reads."""
         return self.trunk(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tta == "flip" and not self.training:  # one pass over the batch and its mirror images
+            plain, mirrored = self.heads(self.features(torch.cat([x, x.flip(-1)]))).chunk(2)
+            return (plain + mirrored) / 2
         return self.heads(self.dropout(self.features(x)))
+
+
+def check_tta(tta: str) -> str:
+    if tta not in TTA_MODES:
+        from attrnet.errors import AttrnetError
+        raise AttrnetError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_MODES)}")
+    return tta
 
 
 def build_model(model_cfg, num_attributes: int, in_chans: int) -> AttributeNet:
@@ -35,4 +52,4 @@ def build_model(model_cfg, num_attributes: int, in_chans: int) -> AttributeNet:
     else:
         from attrnet.errors import AttrnetError
         raise AttrnetError(f"unknown model.head {model_cfg.head!r}; valid: independent, latent")
-    return AttributeNet(backbone, trunk, heads, model_cfg.dropout)
+    return AttributeNet(backbone, trunk, heads, model_cfg.dropout, model_cfg.tta)

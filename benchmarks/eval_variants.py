@@ -1,0 +1,60 @@
+"""Paired comparison of inference variants of one trained run: which checkpoint (best, last), which weights
+(the trained ones or the EMA average, when the run kept one) and which test-time augmentation (none, flip).
+
+Every variant is scored on the same images, so the differences between rows are not training noise.
+Thresholds are tuned on the validation split for each variant and applied to the test split, as `finish`
+does; choose on the `val` column, read `test` beside it.
+
+usage: python benchmarks/eval_variants.py RUN_DIR [--device cpu] [--batch-size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from attrnet import metrics
+from attrnet.config import config_from_dict
+from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from attrnet.engine.setup import images_for_device, make_loader, prepare_data, resolve_device
+from attrnet.engine.train import Precision, predict_probs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=256)
+    args = ap.parse_args()
+    run = Path(args.run)
+    device = resolve_device(args.device)
+    first = load_checkpoint(run / "checkpoints" / "last.pt")
+    cfg = config_from_dict(first["config"])
+    data = prepare_data(cfg, progress=False)
+    images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
+    precision = Precision(cfg, device)
+    names = data.table.names
+    loaders = {s: make_loader(images, data, data.indices(s), args.batch_size, device, False) for s in ("val", "test")}
+    for which in ("best", "last"):
+        ckpt = load_checkpoint(run / "checkpoints" / f"{which}.pt")
+        for weights in ("trained", "ema") if ckpt.get("ema") else ("trained",):
+            state = dict(ckpt, ema=None) if weights == "trained" else ckpt
+            for tta in ("none", "flip"):
+                model = model_from_checkpoint(state, tta).to(device)
+                if precision.channels_last:
+                    model = model.to(memory_format=torch.channels_last)
+                vp, vl = predict_probs(model, loaders["val"], precision)
+                tp, tl = predict_probs(model, loaders["test"], precision)
+                thresholds = metrics.tune_thresholds(vp, vl, cfg.train.threshold_metric)
+                row = {"checkpoint": which, "epoch": ckpt["epoch"] + 1, "weights": weights, "tta": tta,
+                       "val_at_0.5": metrics.attribute_metrics(vp, vl, names, 0.5)["mean_accuracy"],
+                       "test_at_0.5": metrics.attribute_metrics(tp, tl, names, 0.5)["mean_accuracy"],
+                       "test": metrics.attribute_metrics(tp, tl, names, thresholds)["mean_accuracy"]}
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
