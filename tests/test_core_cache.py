@@ -101,3 +101,15 @@ def test_unreadable_file_is_marked_not_ok(tmp_path, images):
     np.testing.assert_array_equal(out.ok, [False, True, True, True])
     assert out.n_bad == 1
     assert not out.images[0].any()  # zeros in its place
+
+
+def test_parallel_workers_write_every_image_into_its_own_row(tmp_path):
+    # over 256 images: decoded by 2 worker processes, each writing straight into the memory-mapped file
+    paths = [write_jpeg(tmp_path / "img" / f"{i:03d}.jpg", seed=i, size=(12, 10)) for i in range(300)]
+    paths[123].write_bytes(b"not a jpeg")
+    out = decode_all(paths, (8, 8), cache_root=tmp_path / "cache", workers=2, progress=False)
+    assert out.images.shape == (300, 3, 8, 8) and out.n_bad == 1 and not out.ok[123]
+    assert not out.images[123].any()
+    for i in (0, 1, 64, 122, 124, 255, 299):
+        np.testing.assert_array_equal(out.images[i], load_image(paths[i], (8, 8)).numpy())
+    assert len({out.images[i].tobytes() for i in range(300) if i != 123}) == 299  # no row written twice

@@ -1,8 +1,9 @@
 """Decoded-image cache: every image decoded and resized once, into a uint8 memory-mapped array.
 
 Keyed by the files (path, size, mtime), the image size, the colour mode and the resize method, so a
-change to any of them builds a new cache. Decoding runs in parallel worker processes and is streamed
-into the array, so peak memory stays a few batches whatever the data set's size.
+change to any of them builds a new cache. Decoding runs in parallel worker processes that write each
+image straight into the memory-mapped file, so peak memory stays small whatever the data set's size and the
+pixels never pass through the main process.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -40,19 +40,26 @@ class DecodedImages:
         return int((~self.ok).sum())
 
 
-class _DecodeSet(Dataset):
-    def __init__(self, paths: list[Path], size: tuple[int, int], grayscale: bool, resize: str):
-        self.paths, self.size, self.grayscale, self.resize = paths, size, grayscale, resize
+class _DecodeInto(Dataset):
+    """Decodes image i straight into row i of the memory-mapped cache file (opened once per worker process),
+    so only the index and a success flag travel back to the main process, never the pixels."""
+
+    def __init__(self, paths: list[Path], size: tuple[int, int], grayscale: bool, resize: str, out: Path):
+        self.paths, self.size, self.grayscale, self.resize, self.out = paths, size, grayscale, resize, out
+        self._images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
-        channels = 1 if self.grayscale else 3
+    def __getitem__(self, i: int) -> tuple[int, bool]:
+        if self._images is None:
+            self._images = np.load(self.out, mmap_mode="r+")
         try:
-            return i, load_image(self.paths[i], self.size, self.grayscale, self.resize), True
-        except Exception:  # a broken or truncated file: counted, never fatal here
-            return i, torch.zeros(channels, *self.size, dtype=torch.uint8), False
+            img = load_image(self.paths[i], self.size, self.grayscale, self.resize)
+        except Exception:  # a broken or truncated file: counted, never fatal here (its row stays zeros)
+            return i, False
+        self._images[i] = img.numpy()
+        return i, True
 
 
 def default_cache_root() -> Path:
@@ -104,20 +111,18 @@ def _build(folder: Path, paths: list[Path], size: tuple[int, int], grayscale: bo
            workers: int, progress: bool) -> None:
     channels = 1 if grayscale else 3
     n = len(paths)
-    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8,
-                                       shape=(n, channels, *size))
+    out = folder / "images.npy"
+    np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(n, channels, *size)).flush()
     ok = np.zeros(n, dtype=bool)
     workers = workers or (os.cpu_count() or 1)
-    loader = DataLoader(_DecodeSet(paths, size, grayscale, resize), batch_size=64, shuffle=False,
-                        num_workers=workers if n > 256 else 0, collate_fn=_collate,
-                        persistent_workers=False, prefetch_factor=4 if n > 256 else None)
+    parallel = n > 256 and workers > 1
+    loader = DataLoader(_DecodeInto(paths, size, grayscale, resize, out), batch_size=64, shuffle=False,
+                        num_workers=workers if parallel else 0, collate_fn=_collate,
+                        persistent_workers=False, prefetch_factor=4 if parallel else None)
     with tqdm(total=n, desc=f"decoding {n} images", unit="img", disable=not progress, leave=False) as bar:
-        for idx, batch, good in loader:
-            images[idx] = batch.numpy()
+        for idx, good in loader:
             ok[idx] = good
             bar.update(len(idx))
-    images.flush()
-    del images
     np.save(folder / "ok.npy", ok)
     meta = {"version": CACHE_VERSION, "n": n, "size": list(size), "grayscale": grayscale, "resize": resize,
             "bad": int((~ok).sum())}
@@ -125,8 +130,8 @@ def _build(folder: Path, paths: list[Path], size: tuple[int, int], grayscale: bo
 
 
 def _collate(items):
-    idx = np.fromiter((i for i, _, _ in items), dtype=np.int64)
-    return idx, torch.stack([t for _, t, _ in items]), np.fromiter((g for _, _, g in items), dtype=bool)
+    return (np.fromiter((i for i, _ in items), dtype=np.int64, count=len(items)),
+            np.fromiter((g for _, g in items), dtype=bool, count=len(items)))
 
 
 def _open(folder: Path) -> DecodedImages:
