@@ -306,3 +306,34 @@ def test_batched_training_on_gpu_matches_sequential() -> None:
                                    atol=1e-4, rtol=1e-4)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("features", ["shared", "per_attribute"])
+def test_evaluate_and_predict_take_an_mtl_run_folder(synth_root: Path, cache_dir: Path, tmp_path: Path,
+                                                    features: str) -> None:
+    """The run folder's network reproduces the pipeline's own test figures and scores, image by image."""
+    from attrnet.engine.evaluate import evaluate_checkpoint
+    from attrnet.predict import Predictor
+
+    extra = {"models_per_pass": 4, "per_attribute_training": "loop"} if features == "per_attribute" else {}
+    cfg = synth_config(synth_root, cache_dir, features=features, thresholds="tuned", **extra)
+    run = tmp_path / "run"
+    result = run_mtl(cfg, run, progress=False)
+    ev = evaluate_checkpoint(run, device="cpu", progress=False)
+    assert ev["checkpoint"].endswith("mtl_model.pt")
+    assert ev["mean_accuracy"] == pytest.approx(result["mean_accuracy"], abs=1e-12)
+    for name, row in result["attributes"].items():
+        assert ev["attributes"][name]["threshold"] == pytest.approx(row["threshold"])
+        assert ev["attributes"][name]["average_precision"] == pytest.approx(row["average_precision"], abs=1e-6, nan_ok=True)
+
+    # the scores of single images equal the solver's decision function on the stored (standardised) features
+    from attrnet.mtl.solver import decision_function
+    saved = torch.load(run / "features.pt", weights_only=False)["features"]
+    mtl = torch.load(run / "mtl_model.pt", weights_only=False)
+    z = (saved - mtl["feature_mean"][..., None, :]) / mtl["feature_std"][..., None, :]
+    expected = torch.sigmoid(decision_function(z.double(), mtl["L"].double(), mtl["S"].double(),
+                                               mtl["b"].double())).float()
+    predictor = Predictor.from_checkpoint(run, "cpu")
+    files = sorted((synth_root / "img_align_celeba").glob("*.jpg"))[:5]
+    probs = np.concatenate([p for _, p, _ in predictor.iter_predict(files, batch_size=4)])
+    np.testing.assert_allclose(probs, expected[:5].numpy(), atol=1e-4)
