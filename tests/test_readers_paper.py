@@ -312,3 +312,15 @@ def test_resolve_groups() -> None:
     assert resolve_groups("celeba", subset + ["Extra"], allow_other=True)["other"] == ["Extra"]
     with pytest.raises(AttrnetError, match="got int"):
         resolve_groups(3, subset)
+
+
+def test_a_group_mapping_serves_an_attribute_subset() -> None:
+    groups = {"face": ["Smiling", "Male"], "hair": ["Bald", "Bangs"], "neck": ["Wearing_Necktie"]}
+    known = ["Smiling", "Male", "Bald", "Bangs", "Wearing_Necktie"]
+    subset = ["Smiling", "Bald"]
+    # names the data set has but the selection left out are dropped, and so are groups left empty
+    assert resolve_groups(groups, subset, known=known) == {"face": ["Smiling"], "hair": ["Bald"]}
+    with pytest.raises(AttrnetError, match="unknown attribute"):  # without `known`: strict, as before
+        resolve_groups(groups, subset)
+    with pytest.raises(AttrnetError, match="unknown attribute.*Smilling"):  # a typo is still a typo
+        resolve_groups({"face": ["Smilling", "Male"], "hair": ["Bald"]}, subset, known=known)

@@ -142,12 +142,28 @@ def restrict_groups(groups: Mapping[str, Sequence[str]], attributes: Sequence[st
     return validate_groups(kept, attributes, allow_other=allow_other)
 
 
-def resolve_groups(spec: Any, attributes: Sequence[str],
-                   allow_other: bool = False) -> dict[str, list[str]] | None:
+def _drop_unselected(spec: Mapping, attributes: Sequence[str], known: Sequence[str]) -> dict:
+    """Members the data set has but the selection left out removed, and groups left empty by that."""
+    left_out = set(known) - set(attributes)
+    out = {}
+    for name, members in spec.items():
+        if isinstance(members, (list, tuple)) and members:
+            members = [a for a in members if a not in left_out]
+            if not members:
+                continue
+        out[name] = members
+    return out
+
+
+def resolve_groups(spec: Any, attributes: Sequence[str], allow_other: bool = False,
+                   known: Sequence[str] | None = None) -> dict[str, list[str]] | None:
     """Turn a config's `groups` value into a validated grouping of `attributes`.
 
     None gives None (no grouping). A preset name (celeba | clothing | awa2) is cut down to the
-    attributes at hand, so it also works after an attribute selection. A dict is validated as given.
+    attributes at hand, so it also works after an attribute selection. A dict is validated as given;
+    with `known` (every attribute of the data set, before a selection) its names that the data set has
+    but the selection left out are dropped first, so one grouping serves every subset, while a name the
+    data set does not have is still an error.
     """
     if spec is None:
         return None
@@ -162,6 +178,8 @@ def resolve_groups(spec: Any, attributes: Sequence[str],
                                f"{_short(list(attributes), 10)}; is it the right dataset's preset?")
         return restrict_groups(preset, attributes, allow_other=allow_other)
     if isinstance(spec, Mapping):
+        if known is not None:
+            spec = _drop_unselected(spec, attributes, known)
         return validate_groups(spec, attributes, allow_other=allow_other)
     raise AttrnetError(f"groups must be null, a preset name ({', '.join(PRESET_GROUPS)}) or a "
                        f"mapping {{group: [attribute, ...]}}, got {type(spec).__name__}")

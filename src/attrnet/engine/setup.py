@@ -51,8 +51,9 @@ def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
         raise AttrnetError(f"unknown data.resize {d.resize!r}; valid: {', '.join(RESIZE_METHODS)}")
     if d.bad_images not in ("skip", "error"):
         raise AttrnetError(f"data.bad_images must be skip or error, got {d.bad_images!r}")
-    table = read_table(d).select(cfg.attribute_names())
-    groups = resolve_config_groups(d.groups, table)
+    full = read_table(d)
+    table = full.select(cfg.attribute_names())
+    groups = resolve_config_groups(d.groups, table, full.names)
     decoded = decode_all(table.paths, cfg.image_hw(), d.grayscale, d.resize, d.cache_dir, d.workers, progress)
     if decoded.n_bad:
         bad = [table.files[i] for i in np.flatnonzero(~decoded.ok)[:3]]
@@ -64,12 +65,14 @@ def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
     return PreparedData(table, decoded, partition, groups)
 
 
-def resolve_config_groups(spec, table: AttributeTable) -> dict[str, list[str]] | None:
-    """Attribute groups from the config (a preset name or a mapping), else the format's own, else none."""
+def resolve_config_groups(spec, table: AttributeTable, known: list[str] | None = None) -> dict[str, list[str]] | None:
+    """Attribute groups from the config (a preset name or a mapping), else the format's own, else none.
+
+    known: every attribute of the data set before the selection (a mapping may name left-out ones)."""
     if spec is None:
         return table.groups
     from attrnet.data.groups import resolve_groups
-    return resolve_groups(spec, table.names)
+    return resolve_groups(spec, table.names, known=known)
 
 
 def images_for_device(decoded: DecodedImages, device: torch.device, mode) -> torch.Tensor | np.ndarray:
