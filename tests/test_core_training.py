@@ -69,21 +69,22 @@ def test_evaluate_applies_the_checkpoint_thresholds(csv_run, tmp_path):
 # --- resume gives the same model as an uninterrupted run ------------------------------------------------------
 
 
-def _resume_config(tmp_path):
+def _resume_config(tmp_path, ema=0.0):
     rows = random_csv_rows(16, ["A", "B", "C"], seed=4)
     data = write_csv_folder(tmp_path / "data", ["image", "A", "B", "C"], rows)
     return tiny_config(tmp_path / "cache", data__root=data, data__format="csv", train__epochs=2,
                        train__batch_size=4, train__max_steps_per_epoch=2, train__flip="true",
                        train__shift=0.125, model__trunk="[16]", model__trunk_dropout=0.5,
-                       data__val_fraction=0.25, data__test_fraction=0.25)
+                       data__val_fraction=0.25, data__test_fraction=0.25, train__ema=ema)
 
 
 def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = _resume_config(tmp_path)
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch, ema):
+    cfg = _resume_config(tmp_path, ema)
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
     fit(cfg, full_dir, progress=False)
 
@@ -115,6 +116,12 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
     moved = [k for k in full if full[k].is_floating_point()
              and not torch.allclose(full[k], after_one["model"][k], atol=1e-6, rtol=0)]
     assert len(moved) > 10
+    if ema:  # the weight average continues where it stopped, too
+        full_ema = load_checkpoint(full_dir / "checkpoints" / "last.pt")["ema"]
+        resumed_ema = load_checkpoint(resumed_dir / "checkpoints" / "last.pt")["ema"]
+        for key in full_ema:
+            assert torch.allclose(full_ema[key].float(), resumed_ema[key].float(), atol=1e-6, rtol=0), key
+        assert not torch.allclose(full_ema["heads.linear.weight"], full["heads.linear.weight"])
 
     last = load_checkpoint(resumed_dir / "checkpoints" / "last.pt")
     assert last["epoch"] == 1 and len(last["history"]) == 2
@@ -192,3 +199,62 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# --- no host sync inside the training loop (GPU only) ---------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("scale", [0.0, 0.1])
+def test_training_steps_do_not_sync_the_host(tmp_path, scale):
+    """torch.cuda.set_sync_debug_mode warns on every synchronising call; an epoch may make one (its .item())."""
+    import warnings
+
+    from attrnet.data.batches import BatchLoader
+    from attrnet.models.build import build_model
+
+    dev = torch.device("cuda")
+    cfg = tiny_config(tmp_path, train__device="cuda", train__max_steps_per_epoch=0, train__scale=scale,
+                      train__log_every=10_000)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=dev)
+    labels = np.where(np.random.default_rng(0).random((64, 5)) < 0.5, 1.0, 0.0)
+    labels[::7, 2] = np.nan
+    loader = BatchLoader(images, labels, np.arange(64), 8, dev, shuffle=True, drop_last=True)
+    model = build_model(cfg.model, 5, 3).to(dev).to(memory_format=torch.channels_last)
+    precision = train_mod.Precision(cfg, dev)
+    opt = train_mod.build_optimizer(model, cfg, dev)
+    sched = train_mod.build_scheduler(opt, cfg, len(loader))
+    train_mod.train_one_epoch(model, loader, opt, sched, cfg, precision, 0, progress=False)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_mod.train_one_epoch(model, loader, opt, sched, cfg, precision, 1, progress=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) <= 1, syncs  # 8 steps, and only the epoch's final loss.item() waits for the GPU
+
+
+def test_weight_ema_is_the_exponential_average_of_the_steps():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    ema = train_mod.make_ema(model, 0.9)
+    assert train_mod.make_ema(model, 0.0) is None
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(5):
+        model.train()
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update()
+        for k, v in model.state_dict().items():
+            expected[k] = 0.9 * expected[k] + 0.1 * v if v.is_floating_point() else v.clone()
+    for k, v in ema.module.state_dict().items():
+        torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-6)
+    assert ema.module.state_dict()["1.num_batches_tracked"].item() == 5
+    assert not torch.allclose(ema.module[0].weight, model[0].weight)  # it lags behind the trained weights
+    assert not any(p.requires_grad for p in ema.module.parameters())

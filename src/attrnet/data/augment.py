@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -46,12 +48,20 @@ def random_affine(x: torch.Tensor, flip: bool, shift: float, scale: float,
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+@functools.lru_cache(maxsize=None)
+def _statistics(device: torch.device, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as [C, 1, 1] tensors on `device`, made once: a tensor built from Python
+    numbers on a GPU is a blocking host-to-device copy, i.e. a host sync on every call."""
+    mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,)
+    std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,)
+    return (torch.tensor(mean, device=device)[:, None, None] * 255.0,
+            torch.tensor(std, device=device)[:, None, None] * 255.0)
+
+
 def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
     """uint8 [B, C, H, W] -> float, scaled to [0, 1] and standardised with ImageNet statistics."""
-    c = x.shape[1]
-    mean = torch.tensor(IMAGENET_MEAN if c == 3 else (sum(IMAGENET_MEAN) / 3,), device=x.device)
-    std = torch.tensor(IMAGENET_STD if c == 3 else (sum(IMAGENET_STD) / 3,), device=x.device)
-    out = (x.float() / 255.0 - mean[:, None, None]) / std[:, None, None]
+    mean, std = _statistics(x.device, x.shape[1])
+    out = (x.float() - mean) / std
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     return out.to(dtype)

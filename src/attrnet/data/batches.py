@@ -51,8 +51,13 @@ class BatchLoader:
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.batch_indices(epoch)
         if self.on_device:
+            # the epoch's indices go to the device in one copy; each batch is then a slice of them
+            flat = torch.from_numpy(np.concatenate(batches) if batches else np.zeros(0, np.int64))
+            flat = flat.to(self.device)
+            start = 0
             for idx in batches:
-                t = torch.from_numpy(idx).to(self.device, non_blocking=True)
+                t = flat[start:start + len(idx)]
+                start += len(idx)
                 yield self.images.index_select(0, t), self.labels.index_select(0, t)
             return
         yield from self._host_batches(batches)

@@ -220,9 +220,8 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
     ema = make_ema(model, cfg.train.ema)
     if ema is not None and resume and last_path.is_file() and ckpt.get("ema"):
         ema.module.load_state_dict(ckpt["ema"])
-        ema.n_averaged.fill_(1)
     after_step = chain(proximal_step_fn(model, cfg, data.groups, names, scheduler),
-                       (lambda: ema.update_parameters(model)) if ema is not None else None)
+                       ema.update if ema is not None else None)
     eval_model = ema.module if ema is not None else model
     val_loader = make_loader(images, data, val_idx, cfg.train.batch_size * 2, device, False,
                              rank=dist.rank, world_size=dist.world_size)
@@ -262,12 +261,34 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
     return result if dist.is_main else None
 
 
-def make_ema(model: nn.Module, decay: float):
-    """An exponential moving average of the weights (and BN statistics), updated after each step."""
-    if not decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+class WeightEMA:
+    """An exponential moving average of a model's weights and BatchNorm statistics: after each step
+    ema <- decay * ema + (1 - decay) * current, for every floating-point entry of the state dict (integer
+    entries, such as BatchNorm's batch counter, are copied). One fused lerp per step and no host sync
+    (torch's AveragedModel copies its step counter to the device on every update, a blocking copy)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        import copy
+        self.decay = float(decay)
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        # state_dict() values alias the live parameters and buffers, which the optimizer updates in place
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+        self._floats = ([a for a, _ in pairs if a.is_floating_point()], [b for a, b in pairs if a.is_floating_point()])
+        self._others = [(a, b) for a, b in pairs if not a.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self._floats[0]:
+            torch._foreach_lerp_(self._floats[0], self._floats[1], 1.0 - self.decay)
+        for a, b in self._others:
+            a.copy_(b)
+
+
+def make_ema(model: nn.Module, decay: float) -> WeightEMA | None:
+    """The weight EMA asked for by train.ema (None when 0), starting from the model's current weights."""
+    return WeightEMA(model, decay) if decay else None
 
 
 def chain(*fns):
