@@ -258,3 +258,72 @@ def test_weight_ema_is_the_exponential_average_of_the_steps():
     assert ema.module.state_dict()["1.num_batches_tracked"].item() == 5
     assert not torch.allclose(ema.module[0].weight, model[0].weight)  # it lags behind the trained weights
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+# --- the first epoch overlaps the decoding of a new cache ------------------------------------------------------
+
+def _overlap_config(tmp_path, n=300, broken=()):
+    rows = random_csv_rows(n, ["A", "B"], seed=7)
+    data = write_csv_folder(tmp_path / "data", ["image", "A", "B"], rows, size=(12, 12))
+    for i in broken:
+        (data / rows[i][0]).write_bytes(b"\xff\xd8 not really a jpeg")
+    return tiny_config(tmp_path / "cache", data__root=data, data__format="csv", data__workers=2,
+                       train__epochs=2, train__batch_size=8, train__max_steps_per_epoch=3,
+                       data__val_fraction=0.1, data__test_fraction=0.1), rows
+
+
+def test_first_epoch_during_decoding_equals_training_on_a_built_cache(tmp_path, monkeypatch):
+    cfg, _ = _overlap_config(tmp_path)
+    from attrnet.data import cache as cache_mod
+    waits = []
+    real_wait = cache_mod.CacheBuild.wait
+    monkeypatch.setattr(cache_mod.CacheBuild, "wait", lambda self, idx: waits.append(len(idx)) or real_wait(self, idx))
+    fit(cfg, tmp_path / "overlapped", progress=False)   # fresh cache: decoded while the first epoch trains
+    assert waits and waits[:3] == [8, 8, 8]               # the training batches waited for their rows
+    built = [p for p in (tmp_path / "cache").iterdir()]
+    assert len(built) == 1 and (built[0] / "meta.json").is_file()  # published, no temporary folder left
+    waits.clear()
+    fit(cfg, tmp_path / "cached", progress=False)       # the cache exists now: read as usual
+    assert waits == []
+    a = load_checkpoint(tmp_path / "overlapped" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cached" / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ma = json.loads((tmp_path / "overlapped" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "cached" / "metrics.json").read_text())
+    assert ma["mean_accuracy"] == mb["mean_accuracy"] and ma["n_images"] == mb["n_images"] == 30
+
+
+def test_unreadable_image_met_during_the_first_epoch_counts_as_unknown(tmp_path):
+    from attrnet.data.batches import BatchLoader, epoch_batches
+    from attrnet.data.formats import assign_partition, read_table, split_indices
+
+    # a batch whose rows are not all readable: their labels become unknown (NaN), the others are kept
+    labels = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    loader = BatchLoader(np.zeros((3, 3, 4, 4), np.uint8), labels, np.arange(3), 3, torch.device("cpu"),
+                         ready=lambda idx: idx != 1)
+    (x, y), = list(loader.epoch(0))
+    assert torch.isnan(y[1]).all() and torch.equal(y[[0, 2]], torch.from_numpy(labels[[0, 2]]))
+
+    # a broken file in the first training batch: the run goes on, the cache records it as unreadable
+    cfg, _ = _overlap_config(tmp_path / "probe")
+    table = read_table(cfg.data)
+    train = split_indices(assign_partition(table, 0.1, 0.1, 0), "train")
+    first_row = int(epoch_batches(train, 8, 0, True, cfg.train.seed, True)[0][0])
+    cfg, _ = _overlap_config(tmp_path / "b", broken=[first_row])
+    result = fit(cfg, tmp_path / "run", progress=False)
+    (cache_dir,) = (tmp_path / "b" / "cache").iterdir()
+    assert json.loads((cache_dir / "meta.json").read_text())["bad"] == 1
+    assert np.load(cache_dir / "ok.npy").sum() == 299
+    assert result["n_images"] == 30
+
+
+def test_interrupted_first_epoch_leaves_no_half_built_cache(tmp_path, monkeypatch):
+    cfg, _ = _overlap_config(tmp_path)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "run", progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []

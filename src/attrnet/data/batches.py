@@ -10,18 +10,34 @@ import numpy as np
 import torch
 
 
+def epoch_batches(indices: np.ndarray, batch_size: int, epoch: int, shuffle: bool, seed: int = 0,
+                  drop_last: bool = False, rank: int = 0, world_size: int = 1) -> list[np.ndarray]:
+    """The row indices of each batch of `epoch` on `rank`: a permutation seeded by (seed, epoch) when
+    shuffling, cut into batches; with world_size > 1 each rank takes its slice of every global batch."""
+    order = np.asarray(indices, dtype=np.int64)
+    if shuffle:
+        order = order[np.random.default_rng([seed, epoch]).permutation(len(order))]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    if world_size > 1:
+        batches = [np.array_split(b, world_size)[rank] for b in batches]
+    return batches
+
+
 class BatchLoader:
     """Yields (uint8 images [B, C, H, W], labels [B, M]) on `device` from rows `indices` of the cache.
 
     images may be a numpy array (memory-mapped cache, sliced on the host and copied over) or a tensor
-    already on the device (the whole cache in GPU memory; batches are then slices there).
+    already on the device (the whole cache in GPU memory; batches are then slices there). While the cache is
+    still being decoded, `ready` (CacheBuild.wait) is called with each batch's rows before they are read.
     With world_size > 1 every rank draws the same global order and takes its own slice of each
     global batch, so the ranks together see exactly what one process with the same global batch sees.
     """
 
     def __init__(self, images, labels: np.ndarray, indices: np.ndarray, batch_size: int, device: torch.device,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0,
-                 world_size: int = 1, prefetch: int = 2):
+                 world_size: int = 1, prefetch: int = 2, ready=None):
         if shuffle and batch_size % world_size:
             raise ValueError(f"global batch {batch_size} is not divisible by world size {world_size}")
         self.images, self.indices = images, np.asarray(indices, dtype=np.int64)
@@ -31,6 +47,7 @@ class BatchLoader:
             self.labels = self.labels.to(device)
         self.batch_size, self.device, self.shuffle, self.seed = batch_size, device, shuffle, seed
         self.drop_last, self.rank, self.world_size, self.prefetch = drop_last, rank, world_size, prefetch
+        self.ready = ready  # while the cache is being decoded: ready(rows) waits for them, returns ok flags
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -38,15 +55,8 @@ class BatchLoader:
 
     def batch_indices(self, epoch: int) -> list[np.ndarray]:
         """This rank's row indices for each batch of `epoch` (deterministic in seed and epoch)."""
-        order = self.indices
-        if self.shuffle:
-            order = order[np.random.default_rng([self.seed, epoch]).permutation(len(order))]
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        if self.world_size > 1:
-            batches = [np.array_split(b, self.world_size)[self.rank] for b in batches]
-        return batches
+        return epoch_batches(self.indices, self.batch_size, epoch, self.shuffle, self.seed, self.drop_last,
+                             self.rank, self.world_size)
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.batch_indices(epoch)
@@ -66,8 +76,11 @@ class BatchLoader:
         # Sorted reads are sequential in the memory-mapped file; the order within a batch does not matter
         # for training, and evaluation uses unshuffled (already sorted) indices.
         idx = np.sort(idx)
+        ok = self.ready(idx) if self.ready is not None else None
         x = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
         y = self.labels[torch.from_numpy(idx)]
+        if ok is not None and not ok.all():  # an unreadable image: its labels count as unknown
+            y[torch.from_numpy(~ok)] = float("nan")
         if self.device.type == "cuda":
             x, y = x.pin_memory(), y.pin_memory()
         return x, y

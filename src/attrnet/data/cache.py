@@ -15,6 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -82,51 +83,111 @@ def cache_key(paths: list[Path], size: tuple[int, int], grayscale: bool, resize:
 def decode_all(paths: list[Path], size: tuple[int, int], grayscale: bool = False, resize: str = "squash",
                cache_root: str | Path | None = None, workers: int = 0, progress: bool = True) -> DecodedImages:
     """Return the decoded images of `paths`, building the cache on first use (in cache_root)."""
+    found = open_or_start(paths, size, grayscale, resize, cache_root, workers, progress)
+    return found if isinstance(found, DecodedImages) else found.finish()
+
+
+def open_or_start(paths: list[Path], size: tuple[int, int], grayscale: bool = False, resize: str = "squash",
+                  cache_root: str | Path | None = None, workers: int = 0, progress: bool = True,
+                  first: Callable[[], list[np.ndarray]] | None = None) -> "DecodedImages | CacheBuild":
+    """The cache when it exists; otherwise a CacheBuild already decoding, rows of the batches first()
+    gives (lists of row indices) before all others, in that order."""
     root = Path(cache_root) if cache_root else default_cache_root()
     key = cache_key(paths, size, grayscale, resize)
-    folder = root / key
-    if (folder / "meta.json").is_file():
-        return _open(folder)
+    if (root / key / "meta.json").is_file():
+        return _open(root / key)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AttrnetError(f"cannot create the image cache in {root} ({exc.strerror}); "
                            f"set data.cache_dir or ATTRNET_CACHE") from None
-    tmp = root / f".{key}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        _build(tmp, paths, size, grayscale, resize, workers, progress)
+    return _build(root, key, paths, size, grayscale, resize, workers, progress, first() if first else [])
+
+
+def _build(root: Path, key: str, paths, size, grayscale, resize, workers, progress, first) -> "CacheBuild":
+    return CacheBuild(root, key, paths, size, grayscale, resize, workers, progress, first)
+
+
+class CacheBuild:
+    """A cache being built in a temporary folder by decode worker processes, batch after batch in a set
+    order, so a consumer can read rows as soon as they are decoded (`wait`): the first training epoch then
+    overlaps the decoding instead of following it. `finish()` decodes what is left and publishes the cache
+    (an atomic rename); `abort()` removes the temporary folder.
+
+    images: the memory-mapped array being filled; ok: bool [N], True once a row decoded successfully.
+    """
+
+    def __init__(self, root: Path, key: str, paths: list[Path], size: tuple[int, int], grayscale: bool,
+                 resize: str, workers: int, progress: bool, first: list[np.ndarray]):
+        self.folder, self.tmp = root / key, root / f".{key}.{os.getpid()}.tmp"
+        self.size, self.grayscale, self.resize = size, grayscale, resize
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        n = len(paths)
+        out = self.tmp / "images.npy"
+        np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8,
+                                  shape=(n, 1 if grayscale else 3, *size)).flush()
+        self.images = np.load(out, mmap_mode="r")
+        self.ok = np.zeros(n, dtype=bool)
+        self.done = np.zeros(n, dtype=bool)
+        first = [np.asarray(b, dtype=np.int64) for b in first if len(b)]
+        seen = np.zeros(n, dtype=bool)
+        for b in first:
+            seen[b] = True
+        rest = np.flatnonzero(~seen)
+        batches = first + [rest[i:i + 64] for i in range(0, len(rest), 64)]
+        workers = workers or (os.cpu_count() or 1)
+        parallel = n > 256 and workers > 1
+        loader = DataLoader(_DecodeInto(paths, size, grayscale, resize, out), batch_sampler=batches,
+                            num_workers=workers if parallel else 0, collate_fn=_collate,
+                            persistent_workers=False, prefetch_factor=4 if parallel else None)
+        self._batches = iter(loader)
+        self._bar = tqdm(total=n, desc=f"decoding {n} images", unit="img", disable=not progress, leave=False)
+
+    @property
+    def n_bad(self) -> int:
+        return int((self.done & ~self.ok).sum())
+
+    def _advance(self) -> bool:
         try:
-            os.replace(tmp, folder)  # atomic: a half-built cache is never seen as complete
-        except OSError:
-            if not (folder / "meta.json").is_file():  # not a concurrent builder that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return _open(folder)
+            idx, good = next(self._batches)
+        except StopIteration:
+            return False
+        self.ok[idx] = good
+        self.done[idx] = True
+        self._bar.update(len(idx))
+        return True
 
+    def wait(self, idx: np.ndarray) -> np.ndarray:
+        """Block until rows idx are decoded; returns their ok flags."""
+        while not self.done[idx].all():
+            if not self._advance():
+                raise RuntimeError("cache build ended before every row was decoded")
+        return self.ok[idx]
 
-def _build(folder: Path, paths: list[Path], size: tuple[int, int], grayscale: bool, resize: str,
-           workers: int, progress: bool) -> None:
-    channels = 1 if grayscale else 3
-    n = len(paths)
-    out = folder / "images.npy"
-    np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(n, channels, *size)).flush()
-    ok = np.zeros(n, dtype=bool)
-    workers = workers or (os.cpu_count() or 1)
-    parallel = n > 256 and workers > 1
-    loader = DataLoader(_DecodeInto(paths, size, grayscale, resize, out), batch_size=64, shuffle=False,
-                        num_workers=workers if parallel else 0, collate_fn=_collate,
-                        persistent_workers=False, prefetch_factor=4 if parallel else None)
-    with tqdm(total=n, desc=f"decoding {n} images", unit="img", disable=not progress, leave=False) as bar:
-        for idx, good in loader:
-            ok[idx] = good
-            bar.update(len(idx))
-    np.save(folder / "ok.npy", ok)
-    meta = {"version": CACHE_VERSION, "n": n, "size": list(size), "grayscale": grayscale, "resize": resize,
-            "bad": int((~ok).sum())}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    def finish(self) -> DecodedImages:
+        """Decode every remaining row, publish the cache, and return it."""
+        try:
+            while self._advance():
+                pass
+            self._bar.close()
+            np.save(self.tmp / "ok.npy", self.ok)
+            meta = {"version": CACHE_VERSION, "n": len(self.ok), "size": list(self.size),
+                    "grayscale": self.grayscale, "resize": self.resize, "bad": int((~self.ok).sum())}
+            (self.tmp / "meta.json").write_text(json.dumps(meta))
+            try:
+                os.replace(self.tmp, self.folder)  # atomic: a half-built cache is never seen as complete
+            except OSError:
+                if not (self.folder / "meta.json").is_file():  # not a concurrent builder that won the race
+                    raise
+        finally:
+            self.abort()
+        return _open(self.folder)
+
+    def abort(self) -> None:
+        self._batches = iter(())  # shuts the decode workers down
+        self._bar.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _collate(items):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from attrnet.config import Config
 from attrnet.data.batches import BatchLoader
-from attrnet.data.cache import DecodedImages, decode_all
+from attrnet.data.cache import CacheBuild, DecodedImages, decode_all, open_or_start
 from attrnet.data.formats import assign_partition, read_table, split_indices
 from attrnet.data.images import RESIZE_METHODS
 from attrnet.data.table import AttributeTable
@@ -33,19 +34,40 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class PreparedData:
+    """decoded is a CacheBuild while the cache is still being decoded (the first epoch of fit), then the
+    finished DecodedImages (finish_decoding)."""
+
     table: AttributeTable
-    decoded: DecodedImages
+    decoded: DecodedImages | CacheBuild
     partition: np.ndarray
     groups: dict[str, list[str]] | None
+    bad_images: str = "skip"
+
+    @property
+    def decoding(self) -> bool:
+        return isinstance(self.decoded, CacheBuild)
 
     def indices(self, split: str) -> np.ndarray:
-        """Rows of a split whose image decoded."""
+        """Rows of a split whose image decoded (every row of the split while decoding is under way)."""
         idx = split_indices(self.partition, split)
-        return idx[self.decoded.ok[idx]]
+        return idx if self.decoding else idx[self.decoded.ok[idx]]
+
+    def finish_decoding(self) -> None:
+        """Decode what is left, publish the cache and report unreadable images."""
+        if self.decoding:
+            self.decoded = self.decoded.finish()
+            _report_bad(self.decoded, self.table, self.bad_images)
 
 
-def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
-    """Read labels, choose attributes, decode (or open the cache of) every image, assign splits."""
+def prepare_data(cfg: Config, progress: bool = True,
+                 first_batches: Callable[[np.ndarray], list[np.ndarray]] | None = None) -> PreparedData:
+    """Read labels, choose attributes, decode (or open the cache of) every image, assign splits.
+
+    first_batches: when the cache has to be built, return at once with decoding under way, in the order of
+    first_batches(train rows) (the first epoch's batches), so training starts on the first decoded batch; then
+    data.decoding is True until data.finish_decoding(). Not with data.bad_images=error (a bad image must
+    stop the run before it starts).
+    """
     d = cfg.data
     if d.resize not in RESIZE_METHODS:
         raise AttrnetError(f"unknown data.resize {d.resize!r}; valid: {', '.join(RESIZE_METHODS)}")
@@ -54,15 +76,27 @@ def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
     full = read_table(d)
     table = full.select(cfg.attribute_names())
     groups = resolve_config_groups(d.groups, table, full.names)
-    decoded = decode_all(table.paths, cfg.image_hw(), d.grayscale, d.resize, d.cache_dir, d.workers, progress)
-    if decoded.n_bad:
-        bad = [table.files[i] for i in np.flatnonzero(~decoded.ok)[:3]]
-        if d.bad_images == "error":
-            raise AttrnetError(f"{decoded.n_bad} unreadable image(s) in {table.image_dir}, e.g. {bad[0]} "
-                               f"(set data.bad_images=skip to leave them out)")
-        log.warning("skipped %d unreadable image(s), e.g. %s", decoded.n_bad, ", ".join(bad))
     partition = assign_partition(table, d.val_fraction, d.test_fraction, d.split_seed)
-    return PreparedData(table, decoded, partition, groups)
+    data = PreparedData(table, None, partition, groups, d.bad_images)  # type: ignore[arg-type]
+    args = (table.paths, cfg.image_hw(), d.grayscale, d.resize, d.cache_dir, d.workers, progress)
+    if first_batches is None or d.bad_images == "error":
+        data.decoded = decode_all(*args)
+        _report_bad(data.decoded, table, d.bad_images)
+        return data
+    data.decoded = open_or_start(*args, first=lambda: first_batches(split_indices(partition, "train")))
+    if not data.decoding:  # it was cached already
+        _report_bad(data.decoded, table, d.bad_images)
+    return data
+
+
+def _report_bad(decoded: DecodedImages, table: AttributeTable, mode: str) -> None:
+    if not decoded.n_bad:
+        return
+    bad = [table.files[i] for i in np.flatnonzero(~decoded.ok)[:3]]
+    if mode == "error":
+        raise AttrnetError(f"{decoded.n_bad} unreadable image(s) in {table.image_dir}, e.g. {bad[0]} "
+                           f"(set data.bad_images=skip to leave them out)")
+    log.warning("skipped %d unreadable image(s), e.g. %s", decoded.n_bad, ", ".join(bad))
 
 
 def resolve_config_groups(spec, table: AttributeTable, known: list[str] | None = None) -> dict[str, list[str]] | None:
@@ -94,5 +128,12 @@ def images_for_device(decoded: DecodedImages, device: torch.device, mode) -> tor
 
 def make_loader(images, data: PreparedData, idx: np.ndarray, batch_size: int, device: torch.device,
                 train: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> BatchLoader:
+    """Batches of rows idx; while data is still decoding, each batch waits for its rows first."""
     return BatchLoader(images, data.table.labels, idx, batch_size, device, shuffle=train, seed=seed,
-                       drop_last=train and len(idx) >= batch_size, rank=rank, world_size=world_size)
+                       drop_last=train and len(idx) >= batch_size, rank=rank, world_size=world_size,
+                       ready=data.decoded.wait if data.decoding else None)
+
+
+def loader_images(data: PreparedData, device: torch.device, mode):
+    """What loaders read: the memory-mapped array being filled while decoding, else images_for_device."""
+    return data.decoded.images if data.decoding else images_for_device(data.decoded, device, mode)

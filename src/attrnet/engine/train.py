@@ -18,10 +18,10 @@ from tqdm import tqdm
 from attrnet import atomic, metrics, report
 from attrnet.config import Config
 from attrnet.data.augment import augment, normalize, random_affine
-from attrnet.data.batches import BatchLoader
+from attrnet.data.batches import BatchLoader, epoch_batches
 from attrnet.engine import distributed as ddp
 from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from attrnet.engine.setup import PreparedData, images_for_device, make_loader, prepare_data, resolve_device
+from attrnet.engine.setup import PreparedData, loader_images, make_loader, prepare_data, resolve_device
 from attrnet.errors import AttrnetError
 from attrnet.losses import masked_bce
 from attrnet.models.build import build_model
@@ -172,9 +172,25 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     ckpt_dir = run_dir / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
     if data is None:  # first, so bad data fails before anything is written into the run folder
+        # A single process starting afresh trains its first epoch while the cache is decoded, batch by batch
+        # in that epoch's order; under torchrun one rank per node builds the cache and the others wait.
+        overlap = not dist.enabled and not (resume and last_path.is_file())
+        first = (lambda idx: epoch_batches(idx, cfg.train.batch_size, 0, True, cfg.train.seed,
+                                           len(idx) >= cfg.train.batch_size)[:cfg.train.max_steps_per_epoch or None])
         with ddp.local_main_first(dist):  # one cache build per node; the node's other ranks then open it
-            data = prepare_data(cfg, progress=progress and dist.is_main)
+            data = prepare_data(cfg, progress=progress and dist.is_main, first_batches=first if overlap else None)
+    try:
+        return _fit(cfg, run_dir, data, dist, device, resume, progress)
+    finally:
+        if data.decoding:  # stopped during the first epoch: no half-built cache left behind
+            data.decoded.abort()
+
+
+def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, device: torch.device, resume: bool,
+         progress: bool) -> dict | None:
+    ckpt_dir = run_dir / "checkpoints"
     if dist.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "plots").mkdir(exist_ok=True)
@@ -193,7 +209,7 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
         model = model.to(memory_format=torch.channels_last)
     if dist.enabled and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
+    images = loader_images(data, device, cfg.data.cache_on_device)
     train_loader = make_loader(images, data, train_idx, cfg.train.batch_size, device, True, cfg.train.seed,
                                dist.rank, dist.world_size)
     steps = min(len(train_loader), cfg.train.max_steps_per_epoch or len(train_loader))
@@ -229,6 +245,14 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
         t0 = time.perf_counter()
         train_loss = train_one_epoch(train_model, train_loader, optimizer, scheduler, cfg, precision, epoch,
                                      pos_weight, dist, progress, after_step)
+        if data.decoding:  # the first epoch overlapped the decoding: finish it, then read the cache
+            data.finish_decoding()
+            train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
+            images = loader_images(data, device, cfg.data.cache_on_device)
+            train_loader = make_loader(images, data, train_idx, cfg.train.batch_size, device, True,
+                                       cfg.train.seed, dist.rank, dist.world_size)
+            val_loader = make_loader(images, data, val_idx, cfg.train.batch_size * 2, device, False,
+                                     rank=dist.rank, world_size=dist.world_size)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train/loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
                "seconds": round(seconds, 2), "train/images_per_s": round(steps * cfg.train.batch_size / seconds, 1)}
@@ -256,6 +280,10 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
                      row["train/images_per_s"])
         best = max(best, score)
         ddp.barrier(dist)
+    if data.decoding:  # no epoch was left to train
+        data.finish_decoding()
+        val_idx, test_idx = data.indices("val"), data.indices("test")
+        images = loader_images(data, device, cfg.data.cache_on_device)
     result = finish(cfg, run_dir, data, images, device, precision, dist, val_idx, test_idx, history)
     ddp.shutdown(dist)
     return result if dist.is_main else None
