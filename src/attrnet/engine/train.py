@@ -209,9 +209,7 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
         model = model.to(memory_format=torch.channels_last)
     if dist.enabled and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    images = loader_images(data, device, cfg.data.cache_on_device)
-    train_loader = make_loader(images, data, train_idx, cfg.train.batch_size, device, True, cfg.train.seed,
-                               dist.rank, dist.world_size)
+    images, train_loader, val_loader = _loaders(cfg, data, device, dist)
     steps = min(len(train_loader), cfg.train.max_steps_per_epoch or len(train_loader))
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, steps)
@@ -239,20 +237,14 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
     after_step = chain(proximal_step_fn(model, cfg, data.groups, names, scheduler),
                        ema.update if ema is not None else None)
     eval_model = ema.module if ema is not None else model
-    val_loader = make_loader(images, data, val_idx, cfg.train.batch_size * 2, device, False,
-                             rank=dist.rank, world_size=dist.world_size)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
         train_loss = train_one_epoch(train_model, train_loader, optimizer, scheduler, cfg, precision, epoch,
                                      pos_weight, dist, progress, after_step)
         if data.decoding:  # the first epoch overlapped the decoding: finish it, then read the cache
             data.finish_decoding()
-            train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
-            images = loader_images(data, device, cfg.data.cache_on_device)
-            train_loader = make_loader(images, data, train_idx, cfg.train.batch_size, device, True,
-                                       cfg.train.seed, dist.rank, dist.world_size)
-            val_loader = make_loader(images, data, val_idx, cfg.train.batch_size * 2, device, False,
-                                     rank=dist.rank, world_size=dist.world_size)
+            val_idx, test_idx = data.indices("val"), data.indices("test")
+            images, train_loader, val_loader = _loaders(cfg, data, device, dist)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train/loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
                "seconds": round(seconds, 2), "train/images_per_s": round(steps * cfg.train.batch_size / seconds, 1)}
@@ -283,10 +275,20 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
     if data.decoding:  # no epoch was left to train
         data.finish_decoding()
         val_idx, test_idx = data.indices("val"), data.indices("test")
-        images = loader_images(data, device, cfg.data.cache_on_device)
+        images, _, _ = _loaders(cfg, data, device, dist)
     result = finish(cfg, run_dir, data, images, device, precision, dist, val_idx, test_idx, history)
     ddp.shutdown(dist)
     return result if dist.is_main else None
+
+
+def _loaders(cfg: Config, data: PreparedData, device: torch.device, dist: ddp.DistInfo):
+    """(what the loaders read, the training loader, the validation loader)."""
+    images = loader_images(data, device, cfg.data.cache_on_device)
+    train = make_loader(images, data, data.indices("train"), cfg.train.batch_size, device, True, cfg.train.seed,
+                        dist.rank, dist.world_size)
+    val = make_loader(images, data, data.indices("val"), cfg.train.batch_size * 2, device, False,
+                      rank=dist.rank, world_size=dist.world_size)
+    return images, train, val
 
 
 class WeightEMA:
