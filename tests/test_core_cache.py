@@ -113,3 +113,16 @@ def test_parallel_workers_write_every_image_into_its_own_row(tmp_path):
     for i in (0, 1, 64, 122, 124, 255, 299):
         np.testing.assert_array_equal(out.images[i], load_image(paths[i], (8, 8)).numpy())
     assert len({out.images[i].tobytes() for i in range(300) if i != 123}) == 299  # no row written twice
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop"])
+def test_batched_resize_equals_one_image_at_a_time(resize):
+    import torch
+    from attrnet.data.images import resize_image, resize_images
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 218, 178), (3, 109, 89), (3, 218, 178), (3, 64, 64), (3, 109, 89)]
+    images = [torch.randint(0, 256, s, dtype=torch.uint8, generator=gen) for s in shapes]
+    batched = resize_images(images, (128, 96), resize)
+    assert len(batched) == len(images)
+    for img, out in zip(images, batched):
+        assert torch.equal(out, resize_image(img, (128, 96), resize))

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from attrnet import atomic
 from attrnet.data.augment import normalize
-from attrnet.data.images import load_image, resize_image
+from attrnet.data.images import load_image, resize_image, resize_images
 from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from attrnet.engine.setup import resolve_device
 from attrnet.errors import AttrnetError
@@ -119,7 +119,8 @@ class Predictor:
         if jpegs:
             try:
                 decoded = decode_jpeg([t for _, t in jpegs], mode=ImageReadMode.RGB, device=self.device)
-                ok += [(i, resize_image(img, self.image_size, self.resize)) for (i, _), img in zip(jpegs, decoded)]
+                resized = resize_images(decoded, self.image_size, self.resize)
+                ok += [(i, img) for (i, _), img in zip(jpegs, resized)]
             except RuntimeError:
                 others += jpegs
         for i, data in others:

@@ -29,3 +29,17 @@ def resize_image(img: torch.Tensor, size: tuple[int, int], resize: str = "squash
     if tuple(img.shape[-2:]) == tuple(size):
         return img
     return TF.resize(img, list(size), antialias=True)
+
+
+def resize_images(images: list[torch.Tensor], size: tuple[int, int], resize: str = "squash") -> list[torch.Tensor]:
+    """resize_image for a list of images, in one batched call per distinct input shape (a folder of
+    same-sized photos is then one call, not one per image); the output keeps the input order."""
+    out: list[torch.Tensor | None] = [None] * len(images)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(tuple(img.shape), []).append(i)
+    for members in by_shape.values():
+        batch = resize_image(torch.stack([images[i] for i in members]), size, resize)
+        for i, img in zip(members, batch):
+            out[i] = img
+    return out  # type: ignore[return-value]
