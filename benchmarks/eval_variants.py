@@ -3,7 +3,8 @@
 
 Every variant is scored on the same images, so the differences between rows are not training noise.
 Thresholds are tuned on the validation split for each variant and applied to the test split, as `finish`
-does; choose on the `val` column, read `test` beside it.
+does (`test`), or tuned on the 0.01..0.99 grid instead (`test_grid_thresholds`); `*_at_0.5` use 0.5.
+Choose on the `val` columns, read `test` beside them.
 
 usage: python benchmarks/eval_variants.py RUN_DIR [--device cpu] [--batch-size 256]
 """
@@ -49,10 +50,12 @@ def main() -> None:
                 vp, vl = predict_probs(model, loaders["val"], precision)
                 tp, tl = predict_probs(model, loaders["test"], precision)
                 thresholds = metrics.tune_thresholds(vp, vl, cfg.train.threshold_metric)
+                on_grid = metrics.tune_thresholds(vp, vl, cfg.train.threshold_metric, grid=True)
                 row = {"checkpoint": which, "epoch": ckpt["epoch"] + 1, "weights": weights, "tta": tta,
                        "val_at_0.5": metrics.attribute_metrics(vp, vl, names, 0.5)["mean_accuracy"],
                        "test_at_0.5": metrics.attribute_metrics(tp, tl, names, 0.5)["mean_accuracy"],
-                       "test": metrics.attribute_metrics(tp, tl, names, thresholds)["mean_accuracy"]}
+                       "test": metrics.attribute_metrics(tp, tl, names, thresholds)["mean_accuracy"],
+                       "test_grid_thresholds": metrics.attribute_metrics(tp, tl, names, on_grid)["mean_accuracy"]}
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
 

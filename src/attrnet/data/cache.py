@@ -171,6 +171,11 @@ class CacheBuild:
             while self._advance():
                 pass
             self._bar.close()
+            fd = os.open(self.tmp / "images.npy", os.O_RDONLY)
+            try:  # the workers' writes reach the disk before the cache is declared complete
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             np.save(self.tmp / "ok.npy", self.ok)
             meta = {"version": CACHE_VERSION, "n": len(self.ok), "size": list(self.size),
                     "grayscale": self.grayscale, "resize": self.resize, "bad": int((~self.ok).sum())}
