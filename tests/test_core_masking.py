@@ -154,3 +154,28 @@ def test_metrics_column_with_no_known_label_is_nan_and_left_out_of_means():
     two = metrics.attribute_metrics(probs[:, :2], labels[:, :2], ["A", "B"])
     assert out["mean_accuracy"] == pytest.approx(two["mean_accuracy"])
     assert out["mean_f1"] == pytest.approx(two["mean_f1"])
+
+
+def test_mixup_blends_images_and_targets_and_keeps_unknowns_unknown():
+    from attrnet.data.augment import mixup
+    x = torch.arange(3 * 2 * 2 * 2, dtype=torch.float32).reshape(3, 2, 2, 2)
+    y = torch.tensor([[1.0, 0.0], [0.0, float("nan")], [1.0, 1.0]])
+    perm = torch.tensor([2, 0, 1])
+    xm, ym = mixup(x, y, 0.75, perm)
+    torch.testing.assert_close(xm, 0.75 * x + 0.25 * x[perm])
+    torch.testing.assert_close(ym[0], torch.tensor([1.0, 0.25]))
+    assert torch.isnan(ym[1, 1]) and torch.isnan(ym[2, 1])   # unknown on either side of the blend
+    assert ym[1, 0].item() == 0.25
+    # the masked loss leaves those entries out and takes the blended targets as they are
+    from attrnet.losses import masked_bce
+    logits = torch.zeros(3, 2)
+    assert torch.isfinite(masked_bce(logits, ym))
+
+
+def test_fit_with_mixup_trains(tmp_path):
+    from attrnet.engine.train import fit
+    from conftest import random_csv_rows, tiny_config, write_csv_folder
+    data = write_csv_folder(tmp_path / "d", ["image", "A", "B"], random_csv_rows(12, ["A", "B"]))
+    cfg = tiny_config(tmp_path / "c", data__root=data, data__format="csv", train__mixup=0.4, train__epochs=2)
+    result = fit(cfg, tmp_path / "run", progress=False)
+    assert 0 <= result["mean_accuracy"] <= 1

@@ -215,7 +215,7 @@ def test_training_steps_do_not_sync_the_host(tmp_path, scale):
 
     dev = torch.device("cuda")
     cfg = tiny_config(tmp_path, train__device="cuda", train__max_steps_per_epoch=0, train__scale=scale,
-                      train__log_every=10_000)
+                      train__mixup=0.2 if scale else 0.0, train__log_every=10_000)
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=dev)
     labels = np.where(np.random.default_rng(0).random((64, 5)) < 0.5, 1.0, 0.0)
     labels[::7, 2] = np.nan

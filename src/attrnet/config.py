@@ -74,6 +74,8 @@ class TrainConfig:
     shift: float = 0.0625             # random shift, as a fraction of the image size
     scale: float = 0.0                # random zoom-in up to this fraction (0 = none)
     label_smoothing: float = 0.0      # targets pulled toward 0.5 by this amount
+    mixup: float = 0.0                # mixup: each batch blended with a shuffled copy of itself, weight
+                                      # drawn from Beta(mixup, mixup), targets blended alike (0 = off)
     ema: float = 0.0                  # weight EMA decay (e.g. 0.999); evaluation then uses the averaged weights
     freeze_bn: bool = False           # BatchNorm in eval mode while training: running statistics frozen,
                                       # affine weights still learnt (fine-tuning; exact multi-rank CPU runs)

@@ -65,3 +65,11 @@ def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     return out.to(dtype)
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, lam: float, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend a float batch and its targets with the permuted batch: lam * a + (1 - lam) * a[perm].
+
+    An unknown target (NaN) on either side stays unknown in the blend, so it is still left out of the loss.
+    """
+    return lam * x + (1.0 - lam) * x[perm], lam * y + (1.0 - lam) * y[perm]

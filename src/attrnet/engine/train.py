@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from attrnet import atomic, metrics, report
 from attrnet.config import Config
-from attrnet.data.augment import augment, normalize, random_affine
+from attrnet.data.augment import augment, mixup, normalize, random_affine
 from attrnet.data.batches import BatchLoader, epoch_batches
 from attrnet.engine import distributed as ddp
 from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -98,8 +98,14 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler,
     batches = loader.epoch(epoch)
     bar = tqdm(batches, total=min(len(loader), limit or len(loader)), desc=f"epoch {epoch + 1}",
                leave=False, disable=not (progress and dist.is_main), unit="batch")
+    mix_rng = np.random.default_rng([cfg.train.seed, epoch, 7]) if cfg.train.mixup > 0 else None
     for x, y in bar:
         x = augment_batch(x, cfg, gen, precision.channels_last)
+        if mix_rng is not None:  # the weight is a host number drawn from a seeded generator: no device sync
+            perm = torch.randperm(x.shape[0], device=device, generator=gen)
+            x, y = mixup(x, y, float(mix_rng.beta(cfg.train.mixup, cfg.train.mixup)), perm)
+            if precision.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast():
             logits = model(x)
         loss = masked_bce(logits, y, pos_weight, cfg.train.label_smoothing)
