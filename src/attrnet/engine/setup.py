@@ -11,7 +11,7 @@ import torch
 
 from attrnet.config import Config
 from attrnet.data.batches import BatchLoader
-from attrnet.data.cache import CacheBuild, DecodedImages, decode_all, open_or_start
+from attrnet.data.cache import CacheBuild, DecodedImages, open_or_start
 from attrnet.data.formats import assign_partition, read_table, split_indices
 from attrnet.data.images import RESIZE_METHODS
 from attrnet.data.table import AttributeTable
@@ -78,13 +78,13 @@ def prepare_data(cfg: Config, progress: bool = True,
     groups = resolve_config_groups(d.groups, table, full.names)
     partition = assign_partition(table, d.val_fraction, d.test_fraction, d.split_seed)
     data = PreparedData(table, None, partition, groups, d.bad_images)  # type: ignore[arg-type]
-    args = (table.paths, cfg.image_hw(), d.grayscale, d.resize, d.cache_dir, d.workers, progress)
-    if first_batches is None or d.bad_images == "error":
-        data.decoded = decode_all(*args)
-        _report_bad(data.decoded, table, d.bad_images)
-        return data
-    data.decoded = open_or_start(*args, first=lambda: first_batches(split_indices(partition, "train")))
-    if not data.decoding:  # it was cached already
+    overlap = first_batches is not None and d.bad_images != "error"
+    first = (lambda: first_batches(split_indices(partition, "train"))) if overlap else None
+    data.decoded = open_or_start(table.paths, cfg.image_hw(), d.grayscale, d.resize, d.cache_dir, d.workers,
+                                 progress, first=first)
+    if data.decoding and not overlap:
+        data.decoded = data.decoded.finish()
+    if not data.decoding:
         _report_bad(data.decoded, table, d.bad_images)
     return data
 
