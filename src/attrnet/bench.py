@@ -395,16 +395,13 @@ class Bench:
     def attrnet_cold(self) -> dict:
         """As fit() starts on a new data set: the first epoch trains while the cache is decoded, each batch as
         soon as its rows are (decoded in that epoch's order); then the rest is decoded and the cache published."""
-        from attrnet.data.batches import epoch_batches
-        from attrnet.engine.setup import prepare_data
+        from attrnet.engine.setup import first_epoch_order, prepare_data
 
         cfg = self.config()
-        bs, seed = cfg.train.batch_size, cfg.train.seed
         shutil.rmtree(self.cache_dir, ignore_errors=True)
         self.data = None
         t0 = _clock(self.device)
-        self.data = prepare_data(cfg, progress=False,
-                                 first_batches=lambda idx: epoch_batches(idx, bs, 0, True, seed, len(idx) >= bs))
+        self.data = prepare_data(cfg, progress=False, first_batches=first_epoch_order(cfg))
         t_setup = _clock(self.device) - t0
         t = self._trainer(cfg)
         self._epochs(cfg, t, range(1))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from attrnet.config import Config
-from attrnet.data.batches import BatchLoader
+from attrnet.data.batches import BatchLoader, epoch_batches
 from attrnet.data.cache import CacheBuild, DecodedImages, open_or_start
 from attrnet.data.formats import assign_partition, read_table, split_indices
 from attrnet.data.images import RESIZE_METHODS
@@ -130,8 +130,19 @@ def make_loader(images, data: PreparedData, idx: np.ndarray, batch_size: int, de
                 train: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> BatchLoader:
     """Batches of rows idx; while data is still decoding, each batch waits for its rows first."""
     return BatchLoader(images, data.table.labels, idx, batch_size, device, shuffle=train, seed=seed,
-                       drop_last=train and len(idx) >= batch_size, rank=rank, world_size=world_size,
+                       drop_last=_drops_last(train, idx, batch_size), rank=rank, world_size=world_size,
                        ready=data.decoded.wait if data.decoding else None)
+
+
+def _drops_last(train: bool, idx: np.ndarray, batch_size: int) -> bool:
+    return train and len(idx) >= batch_size
+
+
+def first_epoch_order(cfg: Config):
+    """For prepare_data(first_batches=...): the batches a single process's make_loader(train=True) draws
+    in epoch 0, cut to train.max_steps_per_epoch."""
+    bs, limit = cfg.train.batch_size, cfg.train.max_steps_per_epoch or None
+    return lambda idx: epoch_batches(idx, bs, 0, True, cfg.train.seed, _drops_last(True, idx, bs))[:limit]
 
 
 def loader_images(data: PreparedData, device: torch.device, mode):

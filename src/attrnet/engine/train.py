@@ -18,10 +18,11 @@ from tqdm import tqdm
 from attrnet import atomic, metrics, report
 from attrnet.config import Config
 from attrnet.data.augment import augment, mixup, normalize, random_affine
-from attrnet.data.batches import BatchLoader, epoch_batches
+from attrnet.data.batches import BatchLoader
 from attrnet.engine import distributed as ddp
 from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from attrnet.engine.setup import PreparedData, loader_images, make_loader, prepare_data, resolve_device
+from attrnet.engine.setup import (PreparedData, first_epoch_order, loader_images, make_loader, prepare_data,
+                                  resolve_device)
 from attrnet.errors import AttrnetError
 from attrnet.losses import masked_bce
 from attrnet.models.build import build_model
@@ -182,11 +183,10 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
     if data is None:  # first, so bad data fails before anything is written into the run folder
         # A single process starting afresh trains its first epoch while the cache is decoded, batch by batch
         # in that epoch's order; under torchrun one rank per node builds the cache and the others wait.
-        overlap = not dist.enabled and not (resume and last_path.is_file())
-        first = (lambda idx: epoch_batches(idx, cfg.train.batch_size, 0, True, cfg.train.seed,
-                                           len(idx) >= cfg.train.batch_size)[:cfg.train.max_steps_per_epoch or None])
+        overlap = not dist.enabled and not (resume and last_path.is_file()) and cfg.train.epochs > 0
         with ddp.local_main_first(dist):  # one cache build per node; the node's other ranks then open it
-            data = prepare_data(cfg, progress=progress and dist.is_main, first_batches=first if overlap else None)
+            data = prepare_data(cfg, progress=progress and dist.is_main,
+                                first_batches=first_epoch_order(cfg) if overlap else None)
     try:
         return _fit(cfg, run_dir, data, dist, device, resume, progress)
     finally:
@@ -203,7 +203,7 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
         import yaml
         atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     names = data.table.names
-    train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
+    train_idx = data.indices("train")
     if len(train_idx) == 0:
         raise AttrnetError(f"{data.table.source}: the training split is empty")
     in_chans = 1 if cfg.data.grayscale else 3
@@ -249,12 +249,11 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
                                      pos_weight, dist, progress, after_step)
         if data.decoding:  # the first epoch overlapped the decoding: finish it, then read the cache
             data.finish_decoding()
-            val_idx, test_idx = data.indices("val"), data.indices("test")
             images, train_loader, val_loader = _loaders(cfg, data, device, dist)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train/loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
                "seconds": round(seconds, 2), "train/images_per_s": round(steps * cfg.train.batch_size / seconds, 1)}
-        if len(val_idx):
+        if len(val_loader.indices):
             probs, labels = predict_probs(eval_model, val_loader, precision, dist)
             m = metrics.attribute_metrics(probs, labels, names)
             with torch.no_grad():
@@ -278,11 +277,7 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
                      row["train/images_per_s"])
         best = max(best, score)
         ddp.barrier(dist)
-    if data.decoding:  # no epoch was left to train
-        data.finish_decoding()
-        val_idx, test_idx = data.indices("val"), data.indices("test")
-        images, _, _ = _loaders(cfg, data, device, dist)
-    result = finish(cfg, run_dir, data, images, device, precision, dist, val_idx, test_idx, history)
+    result = finish(cfg, run_dir, data, images, device, precision, dist, history)
     ddp.shutdown(dist)
     return result if dist.is_main else None
 
@@ -370,10 +365,10 @@ def check_attributes(ckpt: dict, names: list[str], where) -> None:
                            f"({len(ckpt['attributes'])}), not this run's {len(names)} attributes")
 
 
-def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, precision, dist, val_idx, test_idx,
-           history) -> dict:
+def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, precision, dist, history) -> dict:
     """Load best.pt, tune per-attribute thresholds on val, evaluate on test, write JSON and plots."""
     names = data.table.names
+    val_idx, test_idx = data.indices("val"), data.indices("test")
     best_path = run_dir / "checkpoints" / "best.pt"
     ddp.barrier(dist)
     ckpt = load_checkpoint(best_path)

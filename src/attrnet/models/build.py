@@ -27,10 +27,15 @@ class AttributeNet(nn.Module):
         return self.trunk(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tta == "flip" and not self.training:  # one pass over the batch and its mirror images
-            plain, mirrored = self.heads(self.features(torch.cat([x, x.flip(-1)]))).chunk(2)
-            return (plain + mirrored) / 2
+        if self.tta == "flip" and not self.training:
+            return flip_average(lambda b: self.heads(self.features(b)), x)
         return self.heads(self.dropout(self.features(x)))
+
+
+def flip_average(scores, x: torch.Tensor) -> torch.Tensor:
+    """The mean of scores(x) and scores(mirrored x), in one pass over the batch and its mirror images."""
+    plain, mirrored = scores(torch.cat([x, x.flip(-1)])).chunk(2)
+    return (plain + mirrored) / 2
 
 
 def check_tta(tta: str) -> str:

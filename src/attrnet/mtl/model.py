@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from attrnet.errors import AttrnetError
-from attrnet.models.build import check_tta
+from attrnet.models.build import check_tta, flip_average
 
 MTL_MODEL_FILE = "mtl_model.pt"
 
@@ -42,8 +42,7 @@ class LatentTaskNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tta == "flip" and not self.training:
-            plain, mirrored = self.scores(torch.cat([x, x.flip(-1)])).chunk(2)
-            return (plain + mirrored) / 2
+            return flip_average(self.scores, x)
         return self.scores(x)
 
 
