@@ -15,7 +15,7 @@ from attrnet.data.inspect import format_inspection, inspect_folder
 from attrnet.data.table import TEST, TRAIN, VAL, AttributeTable
 from attrnet.engine.setup import prepare_data
 from attrnet.errors import AttrnetError
-from conftest import CELEBA_LABELS, CELEBA_NAMES, CELEBA_VALUES, NAN, tiny_config, write_celeba, write_csv_folder
+from conftest import CELEBA_LABELS, CELEBA_NAMES, NAN, tiny_config, write_celeba, write_csv_folder
 
 
 # --- CelebA layout -------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def test_fit_tunes_thresholds_into_best_checkpoint(csv_run):
 
 def test_evaluate_applies_the_checkpoint_thresholds(csv_run, tmp_path):
     """Thresholds 0 (everything positive) and 2 (everything negative) make accuracy the class rates."""
-    run, names = csv_run["run"], csv_run["names"]
+    run = csv_run["run"]
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     ckpt["thresholds"] = [0.0, 2.0]
     torch.save(ckpt, tmp_path / "edited.pt")

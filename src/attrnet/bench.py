@@ -276,6 +276,9 @@ class Bench:
     def skip_reason(self, case: str) -> str | None:
         if case == "attrnet_warm_compile" and self.device.type != "cuda" and case not in self.explicit:
             return "torch.compile on CPU spends minutes compiling; name the case in --cases to run it"
+        if case == "seed_loop" and self.image_size <= 32:
+            # one image a step in train mode: BatchNorm after the last stage sees a single 1x1 value per channel
+            return "the seed's one-image steps need --image-size above 32 (BatchNorm on a 1x1 map of one image)"
         if case == "attrnet_warm_ddp1":
             if self.device.type != "cuda":
                 return "needs CUDA (an NCCL process group)"
@@ -354,28 +357,17 @@ class Bench:
                 "train_images_per_s": round(images / seconds, 1)}
 
     def _trainer(self, cfg: Config, dist=None) -> dict:
-        """attrnet's training set-up, as fit() does it (model, precision, loader, optimizer, schedule)."""
+        """attrnet's training set-up, made as fit() makes it (setup.make_loader, train.make_training)."""
+        from attrnet.engine import distributed as ddp
         from attrnet.engine.setup import loader_images, make_loader
-        from attrnet.engine.train import Precision, build_optimizer, build_scheduler
+        from attrnet.engine.train import make_training
 
         data, dev = self.prepared(), self.device
-        model = self.model()
-        precision = Precision(cfg, dev)
-        if precision.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if dist is not None and dev.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # as fit(); a no-op in a world of one
         images = loader_images(data, dev, cfg.data.cache_on_device)
         loader = make_loader(images, data, data.indices("train"), cfg.train.batch_size, dev, True, cfg.train.seed)
-        opt = build_optimizer(model, cfg, dev)
-        sched = build_scheduler(opt, cfg, len(loader))
-        train_model = model
-        if dist is not None:
-            train_model = nn.parallel.DistributedDataParallel(model)
-        if cfg.train.compile:
-            train_model = torch.compile(train_model)
-        return {"model": model, "train_model": train_model, "loader": loader, "opt": opt, "sched": sched,
-                "precision": precision, "on_device": isinstance(images, torch.Tensor)}
+        t = make_training(cfg, len(self.names), dev, dist or ddp.DistInfo(), len(loader))
+        return {"model": t.model, "train_model": t.step_model, "loader": loader, "opt": t.optimizer,
+                "sched": t.scheduler, "precision": t.precision, "on_device": isinstance(images, torch.Tensor)}
 
     def _epochs(self, cfg: Config, t: dict, epochs: range, dist=None) -> float:
         from attrnet.engine import distributed as ddp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -48,11 +49,13 @@ class Precision:
         return torch.autocast(self.device_type, dtype=torch.bfloat16)
 
 
-def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norm parameters; fused kernels on GPU."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def build_optimizer(params, cfg: Config, device: torch.device, matrix_ndim: int = 2) -> torch.optim.Optimizer:
+    """AdamW over a module's (or a list of) trainable tensors; weight decay only on those with at least
+    `matrix_ndim` dimensions, i.e. not on biases and norm parameters (3 for weights stacked over models);
+    fused kernels on GPU."""
+    params = [p for p in (params.parameters() if isinstance(params, nn.Module) else params) if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= matrix_ndim], "weight_decay": cfg.train.weight_decay},
+              {"params": [p for p in params if p.ndim < matrix_ndim], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=device.type == "cuda")
 
 
@@ -101,11 +104,11 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler,
                leave=False, disable=not (progress and dist.is_main), unit="batch")
     mix_rng = np.random.default_rng([cfg.train.seed, epoch, 7]) if cfg.train.mixup > 0 else None
     for x, y in bar:
-        x = augment_batch(x, cfg, gen, precision.channels_last)
+        x = augment_batch(x, cfg, gen, precision.channels_last and mix_rng is None)
         if mix_rng is not None:  # the weight is a host number drawn from a seeded generator: no device sync
             perm = torch.randperm(x.shape[0], device=device, generator=gen)
             x, y = mixup(x, y, float(mix_rng.beta(cfg.train.mixup, cfg.train.mixup)), perm)
-            if precision.channels_last:
+            if precision.channels_last:  # once, after the blend
                 x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast():
             logits = model(x)
@@ -142,20 +145,26 @@ def augment_batch(x: torch.Tensor, cfg: Config, gen: torch.Generator, channels_l
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, loader: BatchLoader, precision: Precision,
-                  dist: ddp.DistInfo = ddp.DistInfo()) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities and labels for every row of the loader (all ranks' rows, in order)."""
+def predict_logits(model: nn.Module, loader: BatchLoader, precision: Precision,
+                   dist: ddp.DistInfo = ddp.DistInfo()) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 logits and labels for every row of the loader (all ranks' rows, in order), on its device."""
     model.eval()
-    probs, labels = [], []
+    logits, labels = [], []
     for x, y in loader.epoch(0):
         x = normalize(x, channels_last=precision.channels_last)
         with precision.autocast():
-            probs.append(torch.sigmoid(model(x).float()))
+            logits.append(model(x).float())
         labels.append(y)
-    p = torch.cat(probs) if probs else torch.zeros(0, loader.labels.shape[1])
-    t = torch.cat(labels) if labels else torch.zeros(0, loader.labels.shape[1])
-    p, t = ddp.gather_rows(p, dist), ddp.gather_rows(t, dist)
-    return p.cpu().numpy(), t.cpu().numpy()
+    z = torch.cat(logits) if logits else torch.zeros(0, loader.labels.shape[1], device=loader.device)
+    t = torch.cat(labels) if labels else torch.zeros(0, loader.labels.shape[1], device=loader.device)
+    return ddp.gather_rows(z, dist), ddp.gather_rows(t, dist)
+
+
+def predict_probs(model: nn.Module, loader: BatchLoader, precision: Precision,
+                  dist: ddp.DistInfo = ddp.DistInfo()) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid probabilities and labels for every row of the loader (all ranks' rows, in order)."""
+    logits, labels = predict_logits(model, loader, precision, dist)
+    return torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
@@ -206,19 +215,10 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
     train_idx = data.indices("train")
     if len(train_idx) == 0:
         raise AttrnetError(f"{data.table.source}: the training split is empty")
-    in_chans = 1 if cfg.data.grayscale else 3
-
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, len(names), in_chans).to(device)
-    precision = Precision(cfg, device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if dist.enabled and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     images, train_loader, val_loader = _loaders(cfg, data, device, dist)
     steps = min(len(train_loader), cfg.train.max_steps_per_epoch or len(train_loader))
-    optimizer = build_optimizer(model, cfg, device)
-    scheduler = build_scheduler(optimizer, cfg, steps)
+    t = make_training(cfg, len(names), device, dist, steps)
+    model, optimizer, scheduler, precision = t.model, t.optimizer, t.scheduler, t.precision
     pos_weight = compute_pos_weight(data.table.labels[train_idx]).to(device) if cfg.train.pos_weight else None
 
     start_epoch, history, best = 0, [], -1.0
@@ -234,9 +234,6 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
     elif resume:
         log.warning("--resume: no %s yet, starting from scratch", last_path)
 
-    train_model = nn.parallel.DistributedDataParallel(model) if dist.enabled else model
-    if cfg.train.compile:
-        train_model = torch.compile(train_model)
     ema = make_ema(model, cfg.train.ema)
     if ema is not None and resume and last_path.is_file() and ckpt.get("ema"):
         ema.module.load_state_dict(ckpt["ema"])
@@ -245,7 +242,7 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
     eval_model = ema.module if ema is not None else model
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(train_model, train_loader, optimizer, scheduler, cfg, precision, epoch,
+        train_loss = train_one_epoch(t.step_model, train_loader, optimizer, scheduler, cfg, precision, epoch,
                                      pos_weight, dist, progress, after_step)
         if data.decoding:  # the first epoch overlapped the decoding: finish it, then read the cache
             data.finish_decoding()
@@ -254,11 +251,9 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
         row = {"epoch": epoch + 1, "train/loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
                "seconds": round(seconds, 2), "train/images_per_s": round(steps * cfg.train.batch_size / seconds, 1)}
         if len(val_loader.indices):
-            probs, labels = predict_probs(eval_model, val_loader, precision, dist)
-            m = metrics.attribute_metrics(probs, labels, names)
-            with torch.no_grad():
-                val_loss = masked_bce(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
-                                      torch.from_numpy(labels)).item()
+            logits, labels = predict_logits(eval_model, val_loader, precision, dist)
+            val_loss = masked_bce(logits, labels).item()
+            m = metrics.attribute_metrics(torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy(), names)
             row.update({"val/loss": round(val_loss, 6), "val/mean_accuracy": m["mean_accuracy"],
                         "val/mean_balanced_accuracy": m["mean_balanced_accuracy"]})
         history.append(row)
@@ -280,6 +275,37 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
     result = finish(cfg, run_dir, data, images, device, precision, dist, history)
     ddp.shutdown(dist)
     return result if dist.is_main else None
+
+
+@dataclasses.dataclass
+class Training:
+    """What the training steps need. `model` is the network itself (its state dict is what checkpoints and
+    the EMA hold); `step_model` is what the steps call: `model`, wrapped by DistributedDataParallel under
+    torchrun and by torch.compile when train.compile is set."""
+
+    model: nn.Module
+    step_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
+
+
+def make_training(cfg: Config, num_attributes: int, device: torch.device, dist: ddp.DistInfo,
+                  steps_per_epoch: int) -> Training:
+    """The seeded model in its memory format (SyncBatchNorm across GPUs), AdamW, its schedule, the wrappers."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, num_attributes, 1 if cfg.data.grayscale else 3).to(device)
+    precision = Precision(cfg, device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if dist.enabled and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    step_model = nn.parallel.DistributedDataParallel(model) if dist.enabled else model
+    if cfg.train.compile:
+        step_model = torch.compile(step_model)
+    return Training(model, step_model, optimizer, scheduler, precision)
 
 
 def _loaders(cfg: Config, data: PreparedData, device: torch.device, dist: ddp.DistInfo):

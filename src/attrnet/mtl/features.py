@@ -98,10 +98,9 @@ def _per_model_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torc
     return (loss * known).sum(1) / known.sum(1).clamp_min(1)
 
 
-def _decay_groups(params: list[torch.Tensor], min_ndim: int, weight_decay: float) -> list[dict]:
-    """AdamW groups as the core's build_optimizer makes them: no decay on biases and norm parameters."""
-    return [{"params": [p for p in params if p.ndim >= min_ndim], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < min_ndim], "weight_decay": 0.0}]
+def _optimizer(params: list[torch.Tensor], cfg: Config, device: torch.device, matrix_ndim: int = 2):
+    from attrnet.engine.train import build_optimizer
+    return build_optimizer(params, cfg, device, matrix_ndim)
 
 
 def _scheduler(opt, cfg: Config, epochs: int, steps_per_epoch: int):
@@ -128,8 +127,7 @@ class BatchedCNNs:
     def setup_optimizer(self, cfg: Config, epochs: int, steps_per_epoch: int) -> None:
         """One AdamW over the stacked parameters (a stacked tensor has one more dimension than its model's)."""
         params = list(self.params.values())
-        self.optimizer = torch.optim.AdamW(_decay_groups(params, 3, cfg.train.weight_decay), lr=cfg.train.lr,
-                                           fused=self.device.type == "cuda")
+        self.optimizer = _optimizer(params, cfg, self.device, matrix_ndim=3)
         self.scheduler = _scheduler(self.optimizer, cfg, epochs, steps_per_epoch)
 
     @staticmethod
@@ -197,9 +195,7 @@ class SequentialCNNs:
     def setup_optimizer(self, cfg: Config, epochs: int, steps_per_epoch: int) -> None:
         self.optimizers, self.schedulers = [], []
         for model in self.models:
-            params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(_decay_groups(params, 2, cfg.train.weight_decay), lr=cfg.train.lr,
-                                    fused=self.device.type == "cuda")
+            opt = _optimizer(list(model.parameters()), cfg, self.device)
             self.optimizers.append(opt)
             self.schedulers.append(_scheduler(opt, cfg, epochs, steps_per_epoch))
 
@@ -240,9 +236,7 @@ class LoopCNNs(SequentialCNNs):
     """
 
     def setup_optimizer(self, cfg: Config, epochs: int, steps_per_epoch: int) -> None:
-        params = [p for model in self.models for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(_decay_groups(params, 2, cfg.train.weight_decay), lr=cfg.train.lr,
-                                fused=self.device.type == "cuda")
+        opt = _optimizer([p for model in self.models for p in model.parameters()], cfg, self.device)
         self.optimizers, self.schedulers = [opt], [_scheduler(opt, cfg, epochs, steps_per_epoch)]
 
     def step(self, x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None = None,  # type: ignore[override]
