@@ -1,12 +1,14 @@
 """Paired comparison of inference variants of one trained run: which checkpoint (best, last), which weights
-(the trained ones or the EMA average, when the run kept one) and which test-time augmentation (none, flip).
+(the trained ones or the EMA average, when the run kept one) and which test-time augmentation (none, flip,
+flip_shift).
 
 Every variant is scored on the same images, so the differences between rows are not training noise.
 Thresholds are tuned on the validation split for each variant and applied to the test split, as `finish`
 does (`test`), or tuned on the 0.01..0.99 grid instead (`test_grid_thresholds`); `*_at_0.5` use 0.5.
 Choose on the `val` columns, read `test` beside them.
 
-usage: python benchmarks/eval_variants.py RUN_DIR [--device cpu] [--batch-size 256]
+usage: python benchmarks/eval_variants.py RUN_DIR [--device cpu] [--batch-size 256] [--tta none,flip,flip_shift]
+                                         [--weights trained,ema] [--checkpoints best,last]
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--tta", default="none,flip,flip_shift", help="comma-separated test-time augmentations")
+    ap.add_argument("--weights", default="trained,ema", help="trained, ema (where the run kept one), or both")
+    ap.add_argument("--checkpoints", default="best,last")
     args = ap.parse_args()
     run = Path(args.run)
     device = resolve_device(args.device)
@@ -39,11 +44,11 @@ def main() -> None:
     precision = Precision(cfg, device)
     names = data.table.names
     loaders = {s: make_loader(images, data, data.indices(s), args.batch_size, device, False) for s in ("val", "test")}
-    for which in ("best", "last"):
+    for which in args.checkpoints.split(","):
         ckpt = load_checkpoint(run / "checkpoints" / f"{which}.pt")
-        for weights in ("trained", "ema") if ckpt.get("ema") else ("trained",):
+        for weights in [w for w in args.weights.split(",") if w == "trained" or ckpt.get("ema")]:
             state = dict(ckpt, ema=None) if weights == "trained" else ckpt
-            for tta in ("none", "flip"):
+            for tta in args.tta.split(","):
                 model = model_from_checkpoint(state, tta).to(device)
                 if precision.channels_last:
                     model = model.to(memory_format=torch.channels_last)

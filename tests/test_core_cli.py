@@ -292,3 +292,9 @@ def test_evaluate_and_predict_with_flip_tta(run_cli, tmp_path, csv_run):
     code, _, err = run_cli(["predict", csv_run["run"], csv_run["data"], "--tta", "flip", "--device", "cpu",
                             "--out", tmp_path / "p.csv"])
     assert code == 0 and (tmp_path / "p.csv").read_text().count("\n") == len(csv_run["rows"]) + 1
+    code, _, _ = run_cli(["evaluate", csv_run["run"], "--split", "all", "--device", "cpu", "--tta", "flip_shift",
+                          "--out", tmp_path / "shift.json"])
+    assert code == 0 and json.loads((tmp_path / "shift.json").read_text())["tta"] == "flip_shift"
+    with pytest.raises(SystemExit) as exc:  # argparse: a usage error, exit status 2
+        run_cli(["evaluate", csv_run["run"], "--split", "all", "--device", "cpu", "--tta", "rot"])
+    assert exc.value.code == 2

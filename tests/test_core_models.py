@@ -111,6 +111,32 @@ def test_flip_tta_averages_the_image_and_its_mirror_in_eval_mode_only():
     assert a.shape == (3, 5)  # training sees the batch once, as it is
 
 
+def _moved(x, oy, ox):
+    """x[..., clamp(i + oy), clamp(j + ox)]: the shift with repeated edges, written as an index lookup."""
+    h, w = x.shape[-2:]
+    rows = (torch.arange(h) + oy).clamp(0, h - 1)
+    cols = (torch.arange(w) + ox).clamp(0, w - 1)
+    return x[..., rows[:, None], cols[None, :]]
+
+
+def test_flip_shift_tta_is_the_mean_over_ten_views():
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(), 4, 3).eval()
+    tta = build_model(ModelConfig(tta="flip_shift"), 4, 3).eval()
+    tta.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 48, 32)   # moves of 1/16: 3 rows, 2 columns
+    moves = [(0, 0), (3, 0), (-3, 0), (0, 2), (0, -2)]
+    with torch.no_grad():
+        views = [_moved(v, oy, ox) for v in (x, x.flip(-1)) for oy, ox in moves]
+        expected = sum(plain(v) for v in views) / 10
+        torch.testing.assert_close(tta(x), expected, rtol=1e-5, atol=1e-5)
+        flip = build_model(ModelConfig(tta="flip"), 4, 3).eval()
+        flip.load_state_dict(plain.state_dict())
+        assert not torch.allclose(tta(x), flip(x), atol=1e-4)  # the moved views do count
+        flat = torch.full((1, 3, 48, 32), 0.3)                 # every view of a flat image is the image
+        torch.testing.assert_close(tta(flat), plain(flat), rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_tta_is_an_error():
-    with pytest.raises(AttrnetError, match="unknown test-time augmentation 'rot'; valid: none, flip"):
+    with pytest.raises(AttrnetError, match="unknown test-time augmentation 'rot'; valid: none, flip, flip_shift"):
         build_model(ModelConfig(tta="rot"), 2, 3)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from attrnet.config import TTA_MODES
 from attrnet.errors import AttrnetError
 
 
@@ -33,7 +34,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", help="write the metrics as JSON to this file")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation (default: the run's model.tta)")
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's model.tta)")
 
 
 def _add_predict(sub) -> None:
@@ -44,7 +45,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", help="FILE.csv or FILE.json (default: a table on standard output)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation (default: the run's model.tta)")
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's model.tta)")
 
 
 def _add_data(sub) -> None:

@@ -15,6 +15,8 @@ import yaml
 
 from attrnet.errors import AttrnetError
 
+TTA_MODES = ("none", "flip", "flip_shift")   # model.tta; what each does: attrnet.models.build.tta_average
+
 # The eight attributes of the original CelebA script (seed 000).
 SEED8 = ["Eyeglasses", "Male", "Smiling", "Wearing_Hat",
          "Wearing_Necklace", "Wearing_Necktie", "Wearing_Earrings", "Wearing_Lipstick"]
@@ -53,7 +55,9 @@ class ModelConfig:
     head: str = "independent"         # independent (one head per attribute) | latent (w_m = L s^m)
     latent_tasks: int = 0             # K for head=latent; 0 = min(M, 16)
     tta: str = "none"                 # test-time augmentation in validation, evaluate and predict:
-                                      # none | flip (mean of the image's and its mirror image's logits)
+                                      # none | flip (mean of the image's and its mirror image's logits) |
+                                      # flip_shift (10 views: those two, each also moved by 1/16 of the
+                                      # image up, down, left and right)
 
 
 @dataclass

@@ -75,7 +75,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: str | None = None) -> "Predictor":
-        """tta: none | flip overrides the run's test-time augmentation (None keeps it)."""
+        """tta: none | flip | flip_shift overrides the run's test-time augmentation (None keeps it)."""
         ckpt = load_checkpoint(path)
         names = list(ckpt["attributes"])
         model = model_from_checkpoint(ckpt, tta)

@@ -52,7 +52,7 @@ def inference_state(ckpt: dict) -> dict:
 def model_from_checkpoint(ckpt: dict, tta: str | None = None):
     """The checkpoint's network with the weights to predict with (built without downloading ImageNet weights).
 
-    tta: test-time augmentation (none | flip); None keeps the run's `model.tta`.
+    tta: test-time augmentation (none | flip | flip_shift); None keeps the run's `model.tta`.
     An MTL run's mtl_model.pt gives the paper's model (attrnet.mtl.model.LatentTaskNet).
     """
     if "L" in ckpt:

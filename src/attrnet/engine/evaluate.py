@@ -20,7 +20,7 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
                         progress: bool = True, tta: str | None = None) -> dict:
     """Metrics of a checkpoint on `split` of data_root (read in the run's format and attribute set).
 
-    tta: none | flip overrides the run's test-time augmentation (None keeps it).
+    tta: none | flip | flip_shift overrides the run's test-time augmentation (None keeps it).
     """
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from attrnet.errors import AttrnetError
-from attrnet.models.build import check_tta, flip_average
+from attrnet.models.build import check_tta, tta_average
 
 MTL_MODEL_FILE = "mtl_model.pt"
 
@@ -41,8 +41,8 @@ class LatentTaskNet(nn.Module):
         return torch.einsum("mbd,dm->bm", z, self.W) + self.b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tta == "flip" and not self.training:
-            return flip_average(self.scores, x)
+        if self.tta != "none" and not self.training:
+            return tta_average(self.scores, x, self.tta)
         return self.scores(x)
 
 
