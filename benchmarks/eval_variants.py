@@ -23,7 +23,8 @@ from attrnet import metrics
 from attrnet.config import config_from_dict
 from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from attrnet.engine.setup import images_for_device, make_loader, prepare_data, resolve_device
-from attrnet.engine.train import Precision, predict_probs
+from attrnet.engine.evaluate import predict_probs
+from attrnet.engine.setup import Precision
 
 
 def main() -> None:

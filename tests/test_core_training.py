@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import attrnet.engine.train as train_mod
+import attrnet.engine.setup as setup
 from attrnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from attrnet.engine.evaluate import evaluate_checkpoint
 from attrnet.engine.train import fit
@@ -221,7 +222,7 @@ def test_training_steps_do_not_sync_the_host(tmp_path, scale):
     labels[::7, 2] = np.nan
     loader = BatchLoader(images, labels, np.arange(64), 8, dev, shuffle=True, drop_last=True)
     model = build_model(cfg.model, 5, 3).to(dev).to(memory_format=torch.channels_last)
-    precision = train_mod.Precision(cfg, dev)
+    precision = setup.Precision(cfg, dev)
     opt = train_mod.build_optimizer(model, cfg, dev)
     sched = train_mod.build_scheduler(opt, cfg, len(loader))
     train_mod.train_one_epoch(model, loader, opt, sched, cfg, precision, 0, progress=False)  # warm-up

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -107,6 +108,24 @@ def resolve_config_groups(spec, table: AttributeTable, known: list[str] | None =
         return table.groups
     from attrnet.data.groups import resolve_groups
     return resolve_groups(spec, table.names, known=known)
+
+
+class Precision:
+    """bf16 autocast and channels_last on GPU, plain fp32 on CPU (unless the config says otherwise)."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        p = cfg.train.precision
+        if p not in ("auto", "bf16", "fp32"):
+            raise AttrnetError(f"train.precision must be auto, bf16 or fp32, got {p!r}")
+        self.bf16 = p == "bf16" or (p == "auto" and device.type == "cuda")
+        cl = cfg.train.channels_last
+        self.channels_last = device.type == "cuda" if cl == "auto" else bool(cl)
+        self.device_type = device.type
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=torch.bfloat16)
 
 
 def images_for_device(decoded: DecodedImages, device: torch.device, mode) -> torch.Tensor | np.ndarray:

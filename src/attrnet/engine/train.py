@@ -1,8 +1,7 @@
-"""fit(): train an AttributeNet from a Config into a run folder; train_one_epoch and predict_probs."""
+"""fit(): train an AttributeNet from a Config into a run folder; train_one_epoch and its set-up."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
@@ -16,37 +15,20 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from attrnet import atomic, metrics, report
+from attrnet import atomic, metrics
 from attrnet.config import Config
 from attrnet.data.augment import augment, mixup, normalize, random_affine
 from attrnet.data.batches import BatchLoader
 from attrnet.engine import distributed as ddp
-from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from attrnet.engine.setup import (PreparedData, first_epoch_order, loader_images, make_loader, prepare_data,
-                                  resolve_device)
+from attrnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from attrnet.engine.evaluate import finish, predict_logits
+from attrnet.engine.setup import (Precision, PreparedData, first_epoch_order, loader_images, make_loader,
+                                  prepare_data, resolve_device)
 from attrnet.errors import AttrnetError
 from attrnet.losses import masked_bce
 from attrnet.models.build import build_model
 
 log = logging.getLogger(__name__)
-
-
-class Precision:
-    """bf16 autocast and channels_last on GPU, plain fp32 on CPU (unless the config says otherwise)."""
-
-    def __init__(self, cfg: Config, device: torch.device):
-        p = cfg.train.precision
-        if p not in ("auto", "bf16", "fp32"):
-            raise AttrnetError(f"train.precision must be auto, bf16 or fp32, got {p!r}")
-        self.bf16 = p == "bf16" or (p == "auto" and device.type == "cuda")
-        cl = cfg.train.channels_last
-        self.channels_last = device.type == "cuda" if cl == "auto" else bool(cl)
-        self.device_type = device.type
-
-    def autocast(self):
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=torch.bfloat16)
 
 
 def build_optimizer(params, cfg: Config, device: torch.device, matrix_ndim: int = 2) -> torch.optim.Optimizer:
@@ -142,29 +124,6 @@ def augment_batch(x: torch.Tensor, cfg: Config, gen: torch.Generator, channels_l
         x = random_affine(normalize(x), t.flip, t.shift, t.scale, gen)
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
     return normalize(augment(x, t.flip, t.shift, gen), channels_last=channels_last)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, loader: BatchLoader, precision: Precision,
-                   dist: ddp.DistInfo = ddp.DistInfo()) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 logits and labels for every row of the loader (all ranks' rows, in order), on its device."""
-    model.eval()
-    logits, labels = [], []
-    for x, y in loader.epoch(0):
-        x = normalize(x, channels_last=precision.channels_last)
-        with precision.autocast():
-            logits.append(model(x).float())
-        labels.append(y)
-    z = torch.cat(logits) if logits else torch.zeros(0, loader.labels.shape[1], device=loader.device)
-    t = torch.cat(labels) if labels else torch.zeros(0, loader.labels.shape[1], device=loader.device)
-    return ddp.gather_rows(z, dist), ddp.gather_rows(t, dist)
-
-
-def predict_probs(model: nn.Module, loader: BatchLoader, precision: Precision,
-                  dist: ddp.DistInfo = ddp.DistInfo()) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities and labels for every row of the loader (all ranks' rows, in order)."""
-    logits, labels = predict_logits(model, loader, precision, dist)
-    return torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
@@ -389,51 +348,3 @@ def check_attributes(ckpt: dict, names: list[str], where) -> None:
     if list(ckpt["attributes"]) != list(names):
         raise AttrnetError(f"{where}: checkpoint was trained on attributes {ckpt['attributes'][:6]}... "
                            f"({len(ckpt['attributes'])}), not this run's {len(names)} attributes")
-
-
-def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, precision, dist, history) -> dict:
-    """Load best.pt, tune per-attribute thresholds on val, evaluate on test, write JSON and plots."""
-    names = data.table.names
-    val_idx, test_idx = data.indices("val"), data.indices("test")
-    best_path = run_dir / "checkpoints" / "best.pt"
-    ddp.barrier(dist)
-    ckpt = load_checkpoint(best_path)
-    model = model_from_checkpoint(ckpt).to(device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    bs = cfg.train.batch_size * 2
-    thresholds = np.full(len(names), 0.5)
-    if len(val_idx):
-        vp, vl = predict_probs(model, make_loader(images, data, val_idx, bs, device, False, rank=dist.rank,
-                                                  world_size=dist.world_size), precision, dist)
-        thresholds = metrics.tune_thresholds(vp, vl, cfg.train.threshold_metric)
-    eval_idx = test_idx if len(test_idx) else val_idx
-    probs, labels = predict_probs(model, make_loader(images, data, eval_idx, bs, device, False, rank=dist.rank,
-                                                     world_size=dist.world_size), precision, dist)
-    result = evaluation_report(probs, labels, names, thresholds, data.groups)
-    result["split"] = "test" if len(test_idx) else "val"
-    result["epochs"] = len(history)
-    if dist.is_main:
-        ckpt["thresholds"] = thresholds.tolist()
-        save_checkpoint(best_path, **{k: v for k, v in ckpt.items() if k != "version"})
-        atomic.write_json(run_dir / "metrics.json", report.to_jsonable(result))
-        report.plot_attribute_accuracy(result, run_dir / "plots" / "attribute_accuracy.png",
-                                       title=f"{result['split']} split, mean accuracy {result['mean_accuracy']:.3f}")
-        report.plot_training_curves(history, run_dir / "plots" / "training_curves.png")
-    return result
-
-
-def evaluation_report(probs: np.ndarray, labels: np.ndarray, names: list[str], thresholds: np.ndarray,
-                      groups=None) -> dict:
-    """Metrics at the tuned thresholds, with the figures at 0.5 and the majority baseline beside them."""
-    result = metrics.attribute_metrics(probs, labels, names, thresholds)
-    at_half = metrics.attribute_metrics(probs, labels, names, 0.5)
-    majority = metrics.majority_accuracy(labels, names)
-    result["mean_accuracy_at_0.5"] = at_half["mean_accuracy"]
-    result["mean_majority_accuracy"] = majority["mean_accuracy"]
-    for name in names:
-        result["attributes"][name]["accuracy_at_0.5"] = at_half["attributes"][name]["accuracy"]
-        result["attributes"][name]["majority_accuracy"] = majority["attributes"][name]["accuracy"]
-    if groups:
-        result["groups"] = metrics.group_metrics(result["attributes"], groups)
-    return result

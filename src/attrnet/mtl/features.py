@@ -265,7 +265,7 @@ def _null():
 
 
 def _precision(cfg: Config, device: torch.device):
-    from attrnet.engine.train import Precision
+    from attrnet.engine.setup import Precision
     return Precision(cfg, device)
 
 

@@ -254,7 +254,7 @@ def _fit_and_evaluate(cfg: Config, data: PreparedData, feats: FeatureSet, device
 
     # --- thresholds and evaluation
     t0 = time.perf_counter()
-    from attrnet.engine.train import evaluation_report
+    from attrnet.engine.evaluate import evaluation_report
 
     def evaluate(val_s: np.ndarray | None, eval_s: np.ndarray) -> tuple[dict, np.ndarray]:
         thr = choose_thresholds(val_s if has_val else None, y_val if has_val else None, mode, metric)
