@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from attrnet.bench import ensure_synthetic_celeba
+from attrnet.bench.folder import ensure_synthetic_celeba
 from attrnet.data.cache import decode_all
 from attrnet.data.images import load_image
 

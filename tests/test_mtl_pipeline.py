@@ -17,8 +17,8 @@ import torch
 from attrnet.config import config_from_dict
 from attrnet.data.synthetic import SYNTHETIC_ATTRIBUTES, write_synthetic_celeba
 from attrnet.engine.setup import prepare_data
-from attrnet.mtl.features import (BatchedCNNs, LoopCNNs, SequentialCNNs, compute_features,
-                                  make_attribute_models, measure_batched_speedup, train_attribute_cnns)
+from attrnet.mtl.cnns import BatchedCNNs, LoopCNNs, SequentialCNNs, make_attribute_models
+from attrnet.mtl.features import compute_features, measure_batched_speedup, train_attribute_cnns
 from attrnet.mtl.pipeline import balance_weights, run_mtl, standardize
 
 REPO = Path(__file__).resolve().parents[1]
