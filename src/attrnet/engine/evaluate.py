@@ -97,15 +97,16 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, preci
     model = model_from_checkpoint(ckpt).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    bs = cfg.train.batch_size * 2
+
+    def score(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        loader = make_loader(images, data, idx, cfg.train.batch_size * 2, device, False, rank=dist.rank,
+                             world_size=dist.world_size)
+        return predict_probs(model, loader, precision, dist)
+
     thresholds = np.full(len(names), 0.5)
     if len(val_idx):
-        vp, vl = predict_probs(model, make_loader(images, data, val_idx, bs, device, False, rank=dist.rank,
-                                                  world_size=dist.world_size), precision, dist)
-        thresholds = metrics.tune_thresholds(vp, vl, cfg.train.threshold_metric)
-    eval_idx = test_idx if len(test_idx) else val_idx
-    probs, labels = predict_probs(model, make_loader(images, data, eval_idx, bs, device, False, rank=dist.rank,
-                                                     world_size=dist.world_size), precision, dist)
+        thresholds = metrics.tune_thresholds(*score(val_idx), cfg.train.threshold_metric)
+    probs, labels = score(test_idx if len(test_idx) else val_idx)
     result = evaluation_report(probs, labels, names, thresholds, data.groups)
     result["split"] = "test" if len(test_idx) else "val"
     result["epochs"] = len(history)
