@@ -67,7 +67,7 @@ def test_unknown_config_key_lists_valid_keys(run_cli, tmp_path):
 
 def test_bad_config_value(run_cli, tmp_path):
     code, _, err = run_cli(_train_args(tmp_path, "train.epochs=abc"))
-    assert "train.epochs must be a number" in _one_error_line(code, err)
+    assert "train.epochs must be a whole number" in _one_error_line(code, err)
 
 
 def test_config_file_not_found(run_cli, tmp_path):

@@ -140,10 +140,10 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch,
     assert m_full["epochs"] == m_res["epochs"] == 2
     assert m_full["mean_accuracy"] == pytest.approx(m_res["mean_accuracy"], abs=1e-9)
 
-    # resuming with another attribute set is refused, naming the checkpoint
+    # resuming with another attribute set is refused, naming what changed
     cfg.data.attributes = ["A", "C"]
     cfg.train.epochs = 3
-    with pytest.raises(AttrnetError, match="last.pt: checkpoint was trained on attributes"):
+    with pytest.raises(AttrnetError, match=r"--resume: data.attributes was None in this run, now \['A', 'C'\]"):
         fit(cfg, resumed_dir, resume=True, progress=False)
 
 
@@ -190,7 +190,7 @@ def test_successful_write_replaces_the_file(tmp_path):
     save_checkpoint(path, model={"w": torch.ones(2)}, attributes=["A"], epoch=0)
     save_checkpoint(path, model={"w": torch.full((2,), 5.0)}, attributes=["A"], epoch=1)
     ckpt = load_checkpoint(path)
-    assert ckpt["epoch"] == 1 and ckpt["version"] == 1 and torch.equal(ckpt["model"]["w"], torch.full((2,), 5.0))
+    assert ckpt["epoch"] == 1 and ckpt["version"] == 2 and torch.equal(ckpt["model"]["w"], torch.full((2,), 5.0))
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
     assert math.isclose(path.stat().st_mode & 0o777, 0o666 & ~_umask())
 

@@ -10,8 +10,23 @@ import sys
 import time
 from pathlib import Path
 
+from attrnet import __version__, atomic
 from attrnet.config import TTA_MODES
 from attrnet.errors import AttrnetError
+
+
+def _count(minimum: int):
+    """An argparse type: a whole number of at least `minimum` (argparse prints the usage line and exits 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = "count"
+    return parse
 
 
 def _add_train(sub) -> None:
@@ -21,6 +36,9 @@ def _add_train(sub) -> None:
     p.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run folder's checkpoints and metrics (otherwise an existing run is an error)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (same as train.device=...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
 
 
@@ -33,7 +51,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--out", help="write the metrics as JSON to this file")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=_count(1), default=512)
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's model.tta)")
 
 
@@ -44,7 +62,7 @@ def _add_predict(sub) -> None:
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--out", help="FILE.csv or FILE.json (default: a table on standard output)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_count(1), default=256)
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's model.tta)")
 
 
@@ -53,10 +71,11 @@ def _add_data(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="{synth,inspect}", required=True)
     s = dsub.add_parser("synth", help="draw synthetic faces in the CelebA layout",
                         description="Synthetic faces with the seed's 8 attributes, in the CelebA layout.")
-    s.add_argument("--out", required=True, help="folder to write")
-    s.add_argument("--n", type=int, default=4000, help="number of images")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=int, default=64, help="image width and height in pixels")
+    s.add_argument("--out", required=True, help="folder to write (new or empty, unless --overwrite)")
+    s.add_argument("--n", type=_count(1), default=4000, help="number of images")
+    s.add_argument("--seed", type=_count(0), default=0)
+    s.add_argument("--size", type=_count(8), default=64, help="image width and height in pixels (8 or more)")
+    s.add_argument("--overwrite", action="store_true", help="write into a folder that already has files")
     i = dsub.add_parser("inspect", help="counts, label rates and image sizes of a data set",
                         description="Counts, positive and unknown rates per attribute, image sizes, "
                                     "unreadable files.")
@@ -76,21 +95,34 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="training and prediction throughput, one JSON line per case",
                        description="Compare the seed's loop, a plain DataLoader loop and attrnet's pipeline.")
     p.add_argument("--device", default="auto")
-    p.add_argument("--n", type=int, default=0, help="images (default: 256 on CPU, 20000 on GPU)")
-    p.add_argument("--image-size", type=int, default=0, help="default: 64 on CPU, 128 on GPU")
-    p.add_argument("--batch-size", type=int, default=0, help="default: 32 on CPU, 512 on GPU")
-    p.add_argument("--attributes", type=int, default=40)
+    p.add_argument("--n", type=_count(0), default=0, help="images (default: 256 on CPU, 20000 on GPU)")
+    p.add_argument("--image-size", type=_count(0), default=0, help="default: 64 on CPU, 128 on GPU")
+    p.add_argument("--batch-size", type=_count(0), default=0, help="default: 32 on CPU, 512 on GPU")
+    p.add_argument("--attributes", type=_count(1), default=40)
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--cases", default="all", help="comma-separated case names, or all")
     p.add_argument("--data", help="a CelebA-layout folder to read (default: synthetic JPEGs written once)")
     p.add_argument("--workdir", default=None, help="where to write synthetic data and the cache")
 
 
+def _add_checkpoint(sub) -> None:
+    p = sub.add_parser("checkpoint", help="convert an older attrnet checkpoint to the safe, weights-only form")
+    csub = p.add_subparsers(dest="checkpoint_command", metavar="{upgrade}", required=True)
+    u = csub.add_parser("upgrade", help="re-save an older checkpoint that attrnet now refuses to open",
+                        description="Checkpoints are opened weights-only: tensors, numbers, strings, lists and "
+                                    "dicts. An older file that holds other Python objects is refused; this "
+                                    "converts it. It unpickles the file without restriction, which runs any code "
+                                    "the file carries: use it only on a file from a source you trust.")
+    u.add_argument("file", help="the checkpoint (.pt) to convert")
+    u.add_argument("--out", help="where to write the converted file (default: replace FILE)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attrnet", description="Multi-task prediction of binary image attributes.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an internal error")
+    parser.add_argument("--version", action="version", version=f"attrnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_demo, _add_train, _add_evaluate, _add_predict, _add_data, _add_bench):
+    for add in (_add_demo, _add_train, _add_evaluate, _add_predict, _add_data, _add_bench, _add_checkpoint):
         add(sub)
     return parser
 
@@ -100,13 +132,17 @@ def cmd_train(args) -> None:
     from attrnet.engine.train import fit
     from attrnet.report import format_table
 
-    cfg = load_config(args.config, args.overrides)
+    if args.resume and args.overwrite:
+        raise AttrnetError("--resume and --overwrite contradict each other: continue the run, or replace it")
+    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+    cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "default")
+    atomic.check_writable(out, folder=True)
     if cfg.mtl.enabled:
         from attrnet.mtl.pipeline import run_mtl
-        result = run_mtl(cfg, out)
+        result = run_mtl(cfg, out, resume=args.resume, overwrite=args.overwrite)
     else:
-        result = fit(cfg, out, resume=args.resume)
+        result = fit(cfg, out, resume=args.resume, overwrite=args.overwrite)
     if result is not None:
         print(format_table(result))
         what = "metrics.json, mtl_model.pt, cnn/, plots/" if cfg.mtl.enabled else "metrics.json, checkpoints/, plots/"
@@ -114,9 +150,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from attrnet import atomic, report
+    from attrnet import report
     from attrnet.engine.evaluate import evaluate_checkpoint
 
+    if args.out:
+        atomic.check_writable(args.out)
     result = evaluate_checkpoint(args.checkpoint, args.data, args.format, args.split, args.device, args.batch_size,
                                  tta=args.tta)
     print(report.format_table(result))
@@ -130,6 +168,8 @@ def cmd_evaluate(args) -> None:
 def cmd_predict(args) -> None:
     from attrnet.predict import Predictor, predict_to_file
 
+    if args.out:
+        atomic.check_writable(args.out)
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.tta)
     n, bad, rows = predict_to_file(predictor, args.paths, args.out, args.batch_size)
     if not args.out:
@@ -148,8 +188,11 @@ def cmd_data(args) -> None:
     if args.data_command == "synth":
         from attrnet.data.synthetic import write_synthetic_celeba
 
+        out = atomic.check_writable(args.out, folder=True)
+        if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+            raise AttrnetError(f"--out {out} already has files; choose a new folder or add --overwrite")
         t0 = time.perf_counter()
-        write_synthetic_celeba(args.out, args.n, args.seed, size=(args.size, args.size))
+        write_synthetic_celeba(out, args.n, args.seed, size=(args.size, args.size))
         print(f"wrote {args.n} synthetic faces to {args.out} in {time.perf_counter() - t0:.1f}s")
     else:
         from attrnet.data.inspect import inspect_folder, format_inspection
@@ -177,7 +220,14 @@ def cmd_bench(args) -> None:
         print(json.dumps(row), flush=True)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
+def cmd_checkpoint(args) -> None:
+    from attrnet.model_file import upgrade_file
+
+    out = upgrade_file(args.file, args.out)
+    print(f"wrote {out} (weights-only; attrnet opens it without running code)")
+
+
+COMMANDS = {"checkpoint": cmd_checkpoint, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
             "demo": cmd_demo, "bench": cmd_bench}
 
 
@@ -193,12 +243,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except AttrnetError as exc:
-        print(f"attrnet: error: {exc}", file=sys.stderr)
+        print(f"attrnet: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused (disk full, permissions, a file vanished): not our bug
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"attrnet: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("attrnet: interrupted (checkpoints written so far are intact; --resume continues)", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line by default, the whole traceback with -v
+        if args.verbose:
+            raise
+        print(f"attrnet: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: please report it; "
+              f"-v shows the traceback)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

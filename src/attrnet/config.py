@@ -7,15 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from attrnet.errors import AttrnetError
 
+# The choices of the keys that name a method. The modules that implement them are the authority; tests check
+# that these tuples match them (this module stays free of torch so that `attrnet --help` is fast).
 TTA_MODES = ("none", "flip", "flip_shift")   # model.tta; what each does: attrnet.models.build.tta_average
+FORMATS = ("celeba", "csv", "clothing", "awa2")            # attrnet.data.formats
+RESIZE_METHODS = ("squash", "crop")                        # attrnet.data.images
+SCHEDULES = ("cosine", "onecycle", "constant")             # attrnet.engine.train.build_scheduler
+PRECISIONS = ("auto", "bf16", "fp32")                      # attrnet.engine.setup.Precision
+THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "f1")  # attrnet.metrics.TUNABLE
+GROUP_PRESETS = ("celeba", "clothing", "awa2")             # attrnet.data.groups.PRESET_GROUPS
+GRID_KEYS = ("mu", "gamma", "lam", "latent_tasks", "baseline_lam")  # attrnet.mtl.pipeline
 
 # The eight attributes of the original CelebA script (seed 000).
 SEED8 = ["Eyeglasses", "Male", "Smiling", "Wearing_Hat",
@@ -153,19 +163,15 @@ def _section_fields(cls: type) -> dict[str, dataclasses.Field]:
 
 
 def config_from_dict(raw: dict | None, origin: str = "config") -> Config:
-    """Build a Config from nested dicts; unknown sections or keys are an AttrnetError."""
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise AttrnetError(f"{origin}: expected a mapping of sections (data, model, train, mtl)")
+    """Build a Config from nested dicts; anything that is not a valid config is an AttrnetError.
+
+    Every key's type, range and choices are checked here (RULES), so the code that uses a value can trust it.
+    """
+    raw = _check_shape(raw, origin)
     sections = _section_fields(Config)
     kwargs = {}
     for name, value in raw.items():
-        if name not in sections:
-            raise AttrnetError(f"{origin}: unknown section {name!r}; valid sections: {', '.join(sections)}")
         cls = sections[name].default_factory  # type: ignore[misc]
-        value = value or {}
-        if not isinstance(value, dict):
-            raise AttrnetError(f"{origin}: section {name!r} must be a mapping of keys")
         valid = _section_fields(cls)
         unknown = [k for k in value if k not in valid]
         if unknown:
@@ -173,33 +179,63 @@ def config_from_dict(raw: dict | None, origin: str = "config") -> Config:
                                f"{', '.join(valid)}")
         kwargs[name] = cls(**value)
     cfg = Config(**kwargs)
-    _check_types(cfg, origin)
+    validate(cfg, origin)
     return cfg
 
 
-def _check_types(cfg: Config, origin: str) -> None:
-    """Reject values whose type cannot be what the key means (a string for epochs, say)."""
-    for section in ("data", "model", "train", "mtl"):
-        obj = getattr(cfg, section)
-        defaults = type(obj)()
-        for f in dataclasses.fields(obj):
-            value, default = getattr(obj, f.name), getattr(defaults, f.name)
-            if f.type in ("Any", Any):  # several forms allowed (image_size: int or [h, w]; pretrained: bool or path)
-                continue
-            if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
-                number = _float_or_none(value)  # YAML reads 1e-3 (no dot) as a string
-                value = value if number is None else number
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise AttrnetError(f"{origin}: {section}.{f.name} must be true or false, got {value!r}")
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise AttrnetError(f"{origin}: {section}.{f.name} must be a number, got {value!r}")
-                if isinstance(default, float):
-                    setattr(obj, f.name, float(value))
-                elif not float(value).is_integer():
-                    raise AttrnetError(f"{origin}: {section}.{f.name} must be a whole number, got {value!r}")
-                else:
-                    setattr(obj, f.name, int(value))
+def _check_shape(raw: Any, origin: str) -> dict:
+    """A mapping of known sections, each a mapping of keys (or empty)."""
+    if raw is None:
+        return {}
+    sections = _section_fields(Config)
+    if not isinstance(raw, dict):
+        raise AttrnetError(f"{origin}: expected a mapping of sections ({', '.join(sections)}), "
+                           f"got {_kind(raw)}")
+    out = {}
+    for name, value in raw.items():
+        if name not in sections:
+            raise AttrnetError(f"{origin}: unknown section {name!r}; valid sections: {', '.join(sections)}")
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise AttrnetError(f"{origin}: section {name!r} must be a mapping of keys (key: value lines), "
+                               f"got {_kind(value)}")
+        out[name] = value
+    return out
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"{type(value).__name__} {value!r}"
+
+
+# ---- what each key may hold --------------------------------------------------------------------------------
+# A rule takes a value and returns it normalised (1e-3 read as a string becomes a float, 3.0 for an integer
+# key becomes 3), or raises ValueError with what would be right. One table, checked when a config is loaded.
+
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+            high_open: bool = False) -> Callable[[Any], Any]:
+    def rule(value: Any) -> Any:
+        if isinstance(value, str):
+            number = _float_or_none(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+            value = value if number is None else number
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"must be {'a whole number' if kind is int else 'a number'}, got {value!r}")
+        if kind is int:
+            if not float(value).is_integer():
+                raise ValueError(f"must be a whole number, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if low is not None and (value < low or (low_open and value == low)):
+            raise ValueError(f"must be {'>' if low_open else '>='} {low:g}, got {value!r}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise ValueError(f"must be {'<' if high_open else '<='} {high:g}, got {value!r}")
+        return value
+    return rule
 
 
 def _float_or_none(text: str) -> float | None:
@@ -210,35 +246,246 @@ def _float_or_none(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _choice(*options: str, also: Callable[[Any], bool] | None = None) -> Callable[[Any], Any]:
+    def rule(value: Any) -> Any:
+        if isinstance(value, bool) and ("true" in options or "false" in options):
+            return value  # auto | true | false keys take YAML booleans
+        if (isinstance(value, str) and value in options) or (also is not None and also(value)):
+            return value
+        raise ValueError(f"must be one of {', '.join(options)}, got {value!r}")
+    return rule
+
+
+def _optional(rule: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else rule(value)
+
+
+def _image_size(value: Any) -> Any:
+    side = _number(int, 8, 4096)
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"must be an integer or [height, width], got {value!r}")
+        return [side(v) for v in value]
+    try:
+        return side(value)
+    except ValueError:
+        raise ValueError(f"must be a whole number of pixels from 8 to 4096 or [height, width], got {value!r}") from None
+
+
+def _attributes(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value == "all" or value in ATTRIBUTE_PRESETS:
+            return value
+        raise ValueError(f"unknown preset {value!r}; use a list of names, 'all' or one of: "
+                         f"{', '.join(ATTRIBUTE_PRESETS)}")
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"must be a non-empty list of attribute names or a preset name, got {value!r}")
+    _no_repeats(value)
+    return list(value)
+
+
+def _no_repeats(names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"names {name!r} twice")
+        seen.add(name)
+
+
+def _groups(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in GROUP_PRESETS:
+            raise ValueError(f"unknown preset {value!r}; use one of {', '.join(GROUP_PRESETS)} or "
+                             f"{{group: [names]}}")
+        return value
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"must be a preset name or a mapping {{group: [attribute names]}}, got {value!r}")
+    for group, members in value.items():
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            raise ValueError(f"group {group!r} must be a non-empty list of attribute names, got {members!r}")
+    _no_repeats([m for members in value.values() for m in members])
+    return {str(k): list(v) for k, v in value.items()}
+
+
+def _pretrained(value: Any) -> Any:
+    if isinstance(value, bool) or (isinstance(value, str) and value):
+        return value
+    raise ValueError(f"must be true, false or the path of a weights file, got {value!r}")
+
+
+def _device(value: Any) -> str:
+    if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        return value
+    raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def _backbone(value: Any) -> str:
+    from attrnet.models.backbones import BACKBONES  # only when a config is read: keeps --help fast
+    if isinstance(value, str) and value in BACKBONES:
+        return value
+    raise ValueError(f"unknown backbone {value!r}; valid: {', '.join(BACKBONES)}")
+
+
+def _trunk(value: Any) -> list:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of hidden sizes such as [4096, 4096] (or []), got {value!r}")
+    return [_number(int, 1)(v) for v in value]
+
+
+def _grid(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping such as {{mu: [0.1, 1], lam: [0.1, 1]}}, got {value!r}")
+    out = {}
+    for key, values in value.items():
+        if key not in GRID_KEYS:
+            raise ValueError(f"unknown key {key!r}; valid: {', '.join(GRID_KEYS)}")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{key} must be a non-empty list of values, got {values!r}")
+        rule = _number(int, 0) if key == "latent_tasks" else _number(float, 0)
+        out[key] = [rule(v) for v in values]
+    return out
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, got {value!r}")
+    return value
+
+
+FRACTION = _number(float, 0, 1, high_open=True)
+COUNT = _number(int, 0)
+POSITIVE = _number(int, 1)
+NON_NEGATIVE = _number(float, 0)
+AUTO_BOOL = _choice("auto", "true", "false")
+
+RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "data": {
+        "root": _text, "format": _choice(*FORMATS),
+        "labels": _text, "attributes": _attributes, "image_size": _image_size,
+        "grayscale": _flag, "resize": _choice(*RESIZE_METHODS), "val_fraction": FRACTION,
+        "test_fraction": FRACTION, "split_seed": COUNT, "awa2_split": _choice("classes", "random"),
+        "bad_images": _choice("skip", "error"), "cache_dir": _optional(_text),
+        "cache_on_device": AUTO_BOOL, "workers": COUNT, "groups": _groups,
+    },
+    "model": {
+        "backbone": _backbone, "pretrained": _pretrained, "small_input": _flag, "trunk": _trunk,
+        "trunk_dropout": FRACTION, "dropout": FRACTION, "head_hidden": COUNT,
+        "head": _choice("independent", "latent"), "latent_tasks": COUNT, "tta": _choice(*TTA_MODES),
+    },
+    "train": {
+        "epochs": POSITIVE, "batch_size": POSITIVE, "lr": _number(float, 0, low_open=True),
+        "weight_decay": NON_NEGATIVE, "schedule": _choice(*SCHEDULES), "warmup_epochs": NON_NEGATIVE,
+        "device": _device, "seed": COUNT, "precision": _choice(*PRECISIONS), "channels_last": AUTO_BOOL,
+        "compile": _flag, "pos_weight": _flag, "flip": _flag, "shift": _number(float, 0, 0.5, high_open=True),
+        "scale": FRACTION, "label_smoothing": FRACTION, "mixup": NON_NEGATIVE, "ema": FRACTION,
+        "freeze_bn": _flag, "threshold_metric": _choice(*THRESHOLD_METRICS), "max_steps_per_epoch": COUNT,
+        "log_every": POSITIVE,
+    },
+    "mtl": {
+        "enabled": _flag, "features": _choice("shared", "per_attribute"), "latent_tasks": COUNT,
+        "mu": NON_NEGATIVE, "gamma": NON_NEGATIVE, "lam": NON_NEGATIVE, "max_outer": POSITIVE,
+        "tol": _number(float, 0, low_open=True), "fit_bias": _flag, "balance": _flag, "feature_epochs": POSITIVE,
+        "models_per_pass": COUNT, "per_attribute_training": _choice("auto", "vmap", "loop", "sequential"),
+        "save_feature_cnns": _flag, "reuse_features": _flag, "standardize": _flag,
+        "thresholds": _choice("zero", "tuned"), "baseline_lam": _optional(NON_NEGATIVE), "grid": _grid,
+        "inner_max_iter": POSITIVE, "inner_tol": _number(float, 0, low_open=True), "solver_threads": COUNT,
+    },
+}
+
+
+def validate(cfg: Config, origin: str = "config") -> None:
+    """Check (and normalise in place) every key of every section; the first bad one is an AttrnetError."""
+    for section, rules in RULES.items():
+        obj = getattr(cfg, section)
+        for key, rule in rules.items():
+            try:
+                setattr(obj, key, rule(getattr(obj, key)))
+            except ValueError as exc:
+                raise AttrnetError(f"{origin}: {section}.{key} {exc}") from None
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
+        raise AttrnetError(f"{origin}: data.val_fraction + data.test_fraction must be below 1 (some images "
+                           f"must be left to train on), got {cfg.data.val_fraction} + {cfg.data.test_fraction}")
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `section.key=value` strings to nested dicts; values are parsed as YAML."""
-    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    raw = {k: dict(v or {}) for k, v in _check_shape(raw, "config").items()}
     for item in overrides:
         if "=" not in item:
             raise AttrnetError(f"override {item!r} must look like section.key=value, e.g. train.epochs=5")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
-        if len(parts) != 2:
+        if len(parts) != 2 or not all(parts):
             raise AttrnetError(f"override key {key!r} must be section.key, e.g. data.image_size")
         try:
             parsed = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError as exc:
-            raise AttrnetError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+            raise AttrnetError(f"override {item!r}: value is not valid YAML ({_yaml_problem(exc)})") from None
         raw.setdefault(parts[0], {})[parts[1]] = parsed
     return raw
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where and what (PyYAML's own message spans 5-8 lines with a drawing of the context)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when path is None) and apply overrides."""
+    """Read a YAML config (or the defaults when path is None) and apply overrides.
+
+    A relative data.root (or data.cache_dir, model.pretrained path) written in a config file is relative to
+    that file's folder, so a config works from any working directory; on the command line (key=value) it is
+    relative to the working directory. Both are stored as absolute paths.
+    """
     raw: dict = {}
-    origin = "overrides"
+    origin = "command line"
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise AttrnetError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise AttrnetError(f"{path}: not a UTF-8 text file") from None
         except yaml.YAMLError as exc:
-            raise AttrnetError(f"{path}: not valid YAML ({exc})") from None
+            raise AttrnetError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
         origin = str(path)
-    return config_from_dict(apply_overrides(raw, overrides or []), origin)
+        raw = _check_shape(raw, origin)
+        raw = _anchor_paths(raw, path.resolve().parent)
+    cfg = config_from_dict(apply_overrides(raw, overrides or []), origin)
+    for section, key in PATH_KEYS:  # command-line values and defaults: relative to the working directory
+        value = getattr(getattr(cfg, section), key)
+        if isinstance(value, str):
+            setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
+    if isinstance(cfg.model.pretrained, str) and not Path(cfg.model.pretrained).is_file():
+        raise AttrnetError(f"{origin}: model.pretrained: no such weights file: {cfg.model.pretrained}")
+    return cfg
+
+
+PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("model", "pretrained"))
+
+
+def _anchor_paths(raw: dict, base: Path) -> dict:
+    """Relative path values made absolute against `base` (values that are not paths are left for validation)."""
+    out = {k: dict(v) for k, v in raw.items()}
+    for section, key in PATH_KEYS:
+        value = out.get(section, {}).get(key)
+        if isinstance(value, str) and value:
+            p = Path(value).expanduser()
+            out[section][key] = str(p if p.is_absolute() else (base / p).resolve())
+    return out

@@ -16,7 +16,8 @@ DEMO_CONFIG = {
 
 
 def run_demo(out: Path, device: str = "auto", n_images: int = DEMO_IMAGES, progress: bool = True) -> tuple[dict, Path]:
-    """Synthesise out/synthetic-data if absent, train into out/demo, return (test metrics, run folder)."""
+    """Synthesise out/synthetic-data if absent, train into out/demo (replacing an earlier demo run), return
+    (test metrics, run folder)."""
     from attrnet.data.synthetic import write_synthetic_celeba
     from attrnet.engine.train import fit
 
@@ -29,4 +30,4 @@ def run_demo(out: Path, device: str = "auto", n_images: int = DEMO_IMAGES, progr
     raw["train"]["device"] = device
     cfg = config_from_dict(raw, "demo")
     run_dir = out / "demo"
-    return fit(cfg, run_dir, progress=progress), run_dir
+    return fit(cfg, run_dir, progress=progress, overwrite=True), run_dir  # the demo replaces its own run

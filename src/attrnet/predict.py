@@ -165,7 +165,9 @@ def predict_to_file(predictor: Predictor, inputs: list[str], out: str | Path | N
                                  "attributes": dict(zip(names, map(int, d)))})
         if fh:
             fh.close()
-        elif out is not None:
+        if n == 0:  # raised inside the atomic write: no empty output file replaces anything
+            raise AttrnetError(f"none of the {len(paths)} image(s) could be read, e.g. {bad_all[0]}")
+        if out is not None and not use_csv:
             Path(tmp).write_text(json.dumps({"attributes": names, "thresholds": predictor.thresholds.tolist(),
                                              "images": rows, "unreadable": [str(b) for b in bad_all]}, indent=1))
     return n, bad_all, rows

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from attrnet import atomic, metrics, report
 from attrnet.config import Config, config_from_dict
@@ -16,18 +17,21 @@ from attrnet.data.augment import normalize
 from attrnet.data.batches import BatchLoader
 from attrnet.data.formats import read_table
 from attrnet.engine import distributed as ddp
-from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint, save_checkpoint
+from attrnet.engine.checkpoint import (LOADED_ONLY, load_checkpoint, model_from_checkpoint, resolve_checkpoint,
+                                      save_checkpoint)
 from attrnet.engine.setup import Precision, PreparedData, images_for_device, make_loader, prepare_data, resolve_device
 from attrnet.errors import AttrnetError
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: BatchLoader, precision: Precision,
-                   dist: ddp.DistInfo = ddp.DistInfo()) -> tuple[torch.Tensor, torch.Tensor]:
+                   dist: ddp.DistInfo = ddp.DistInfo(), progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 logits and labels for every row of the loader (all ranks' rows, in order), on its device."""
     model.eval()
     logits, labels = [], []
-    for x, y in loader.epoch(0):
+    batches = tqdm(loader.epoch(0), total=len(loader), desc="predicting", unit="batch", leave=False,
+                   disable=not (progress and dist.is_main))
+    for x, y in batches:
         x = normalize(x, channels_last=precision.channels_last)
         with precision.autocast():
             logits.append(model(x).float())
@@ -38,12 +42,10 @@ def predict_logits(model: nn.Module, loader: BatchLoader, precision: Precision,
 
 
 def predict_probs(model: nn.Module, loader: BatchLoader, precision: Precision,
-                  dist: ddp.DistInfo = ddp.DistInfo()) -> tuple[np.ndarray, np.ndarray]:
+                  dist: ddp.DistInfo = ddp.DistInfo(), progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid probabilities and labels for every row of the loader (all ranks' rows, in order)."""
-    logits, labels = predict_logits(model, loader, precision, dist)
+    logits, labels = predict_logits(model, loader, precision, dist, progress)
     return torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()
-
-
 
 
 def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | None = None,
@@ -55,7 +57,8 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
     """
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt, tta)  # an unknown tta is reported before any image is decoded
+    dev = resolve_device(device)  # a missing GPU, like an unknown tta, is reported before any image is decoded
+    model = model_from_checkpoint(ckpt, tta)
     cfg: Config = config_from_dict(ckpt["config"], f"{ckpt_path} (config)")
     data_cfg = dataclasses.replace(cfg.data, root=data_root or cfg.data.root,
                                    format=data_format or cfg.data.format)
@@ -73,13 +76,13 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
     idx = data.indices(split)
     if len(idx) == 0:
         raise AttrnetError(f"split {split!r} of {data_cfg.root} is empty; try --split all")
-    dev = resolve_device(device)
     model = model.to(dev)
     precision = Precision(cfg, dev)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     images = images_for_device(data.decoded, dev, cfg.data.cache_on_device)
-    probs, labels = predict_probs(model, make_loader(images, data, idx, batch_size, dev, False), precision)
+    probs, labels = predict_probs(model, make_loader(images, data, idx, batch_size, dev, False), precision,
+                                  progress=progress)
     thresholds = np.asarray(ckpt.get("thresholds") or [0.5] * len(names))
     result = evaluation_report(probs, labels, names, thresholds, data.groups)
     result.update(split=split, checkpoint=str(ckpt_path), data=str(data_cfg.root), tta=model.tta,
@@ -112,7 +115,7 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, preci
     result["epochs"] = len(history)
     if dist.is_main:
         ckpt["thresholds"] = thresholds.tolist()
-        save_checkpoint(best_path, **{k: v for k, v in ckpt.items() if k != "version"})
+        save_checkpoint(best_path, **{k: v for k, v in ckpt.items() if k not in LOADED_ONLY})
         atomic.write_json(run_dir / "metrics.json", report.to_jsonable(result))
         report.plot_attribute_accuracy(result, run_dir / "plots" / "attribute_accuracy.png",
                                        title=f"{result['split']} split, mean accuracy {result['mean_accuracy']:.3f}")

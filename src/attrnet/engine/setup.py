@@ -29,7 +29,8 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise AttrnetError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise AttrnetError(f"device {name!r} asked for, but no CUDA GPU is available; use train.device=cpu")
+        raise AttrnetError(f"device {name!r} asked for, but this machine has no CUDA GPU; use the CPU "
+                           f"(--device cpu, or train.device=cpu in a config)")
     return device
 
 

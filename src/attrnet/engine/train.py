@@ -20,7 +20,8 @@ from attrnet.config import Config
 from attrnet.data.augment import augment, mixup, normalize, random_affine
 from attrnet.data.batches import BatchLoader
 from attrnet.engine import distributed as ddp
-from attrnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from attrnet.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from attrnet.engine.run_folder import check_run_folder, start_run_folder
 from attrnet.engine.evaluate import finish, predict_logits
 from attrnet.engine.setup import (Precision, PreparedData, first_epoch_order, loader_images, make_loader,
                                   prepare_data, resolve_device)
@@ -136,12 +137,15 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
 
 
 def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
-        data: PreparedData | None = None) -> dict | None:
+        data: PreparedData | None = None, overwrite: bool = False) -> dict | None:
     """Train, keep the best epoch by validation mean accuracy, tune thresholds, evaluate on test.
 
-    Returns the test metrics; None on ranks other than 0 of a distributed run (so only rank 0 reports).
+    An existing run in run_dir is an error unless resume (continue it, with the same config but for
+    run_folder.RESUMABLE keys) or overwrite (replace it). Returns the test metrics; None on ranks other than 0
+    of a distributed run (so only rank 0 reports).
     """
     run_dir = Path(run_dir)
+    check_run_folder(run_dir, cfg, resume, overwrite)
     device = resolve_device(cfg.train.device)
     dist = ddp.init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
@@ -156,20 +160,17 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
             data = prepare_data(cfg, progress=progress and dist.is_main,
                                 first_batches=first_epoch_order(cfg) if overlap else None)
     try:
-        return _fit(cfg, run_dir, data, dist, device, resume, progress)
+        return _fit(cfg, run_dir, data, dist, device, resume, progress, overwrite)
     finally:
         if data.decoding:  # stopped during the first epoch: no half-built cache left behind
             data.decoded.abort()
 
 
 def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, device: torch.device, resume: bool,
-         progress: bool) -> dict | None:
+         progress: bool, overwrite: bool) -> dict | None:
     ckpt_dir = run_dir / "checkpoints"
     if dist.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "plots").mkdir(exist_ok=True)
-        import yaml
-        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        start_run_folder(run_dir, cfg, overwrite=overwrite and not resume)
     names = data.table.names
     train_idx = data.indices("train")
     if len(train_idx) == 0:
@@ -185,9 +186,12 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
     if resume and last_path.is_file():
         ckpt = load_checkpoint(last_path)
         check_attributes(ckpt, names, last_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        load_weights(model, ckpt["model"], str(last_path))
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise AttrnetError(f"{last_path}: its optimizer state does not fit this run ({exc})") from None
         start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best_metric"]
         log.info("resumed from %s at epoch %d", last_path, start_epoch + 1)
     elif resume:
@@ -195,7 +199,7 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
 
     ema = make_ema(model, cfg.train.ema)
     if ema is not None and resume and last_path.is_file() and ckpt.get("ema"):
-        ema.module.load_state_dict(ckpt["ema"])
+        load_weights(ema.module, ckpt["ema"], f"{last_path} (EMA)")
     after_step = chain(proximal_step_fn(model, cfg, data.groups, names, scheduler),
                        ema.update if ema is not None else None)
     eval_model = ema.module if ema is not None else model

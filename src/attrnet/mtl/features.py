@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from attrnet import atomic
+from attrnet import model_file
 from attrnet.config import Config
 from attrnet.data.augment import augment, normalize
 from attrnet.engine.setup import PreparedData, images_for_device, make_loader, resolve_device
@@ -246,7 +246,7 @@ def train_shared_cnn(cfg: Config, data: PreparedData, cnn_dir: Path, progress: b
     from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from attrnet.engine.train import fit
 
-    result = fit(cfg, cnn_dir, progress=progress, data=data)
+    result = fit(cfg, cnn_dir, progress=progress, data=data, overwrite=True)  # run_mtl guards the run folder
     return model_from_checkpoint(load_checkpoint(cnn_dir / "checkpoints" / "best.pt")), result
 
 
@@ -279,8 +279,8 @@ def compute_features(cfg: Config, data: PreparedData, run_dir: str | Path, devic
     reuse = cfg.mtl.reuse_features if reuse is None else reuse
     if reuse and cache.is_file():
         try:
-            saved = torch.load(cache, map_location="cpu", weights_only=False)
-        except Exception as exc:  # a broken cache is rebuilt, never fatal
+            saved = model_file.load_file(cache, "feature cache")
+        except AttrnetError as exc:  # a broken (or refused) cache is rebuilt, never fatal
             log.warning("ignoring unreadable feature cache %s (%s)", cache, exc)
             saved = None
         if isinstance(saved, dict) and saved.get("key") == key:
@@ -301,15 +301,15 @@ def compute_features(cfg: Config, data: PreparedData, run_dir: str | Path, devic
         checkpoint = str(run_dir / "feature_cnns.pt")
         if cfg.mtl.save_feature_cnns:
             stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
-            atomic.save_torch(checkpoint, {"stacked_state": stacked, "attributes": list(data.table.names),
-                                           "config": cfg.to_dict(), "num_models": len(states)})
+            model_file.save_file(checkpoint, {"stacked_state": stacked, "attributes": list(data.table.names),
+                                              "config": cfg.to_dict(), "num_models": len(states)})
         else:
             checkpoint = ""
     info["seconds"] = round(time.perf_counter() - t0, 3)
     fs = FeatureSet(mode, feats, checkpoint, logits, info)
-    atomic.save_torch(cache, {"key": key, "mode": mode, "features": torch.from_numpy(feats),
-                              "logits": None if logits is None else torch.from_numpy(logits),
-                              "checkpoint": checkpoint, "info": info})
+    model_file.save_file(cache, {"key": key, "mode": mode, "features": torch.from_numpy(feats),
+                                 "logits": None if logits is None else torch.from_numpy(logits),
+                                 "checkpoint": checkpoint, "info": info})
     return fs
 
 

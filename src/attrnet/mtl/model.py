@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from attrnet import model_file
 from attrnet.errors import AttrnetError
 from attrnet.models.build import check_tta, tta_average
 
@@ -50,7 +51,7 @@ def latent_task_net(ckpt: dict, tta: str | None = None) -> LatentTaskNet:
     """Rebuild the network of an MTL run from its mtl_model.pt (loaded by engine.checkpoint.load_checkpoint,
     which records the run folder) and the CNN(s) its features came from, found in that run folder."""
     from attrnet.config import config_from_dict
-    from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from attrnet.engine.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
     from attrnet.models.build import build_model
 
     run = Path(ckpt["run_dir"])
@@ -62,12 +63,15 @@ def latent_task_net(ckpt: dict, tta: str | None = None) -> LatentTaskNet:
         if not path.is_file():
             raise AttrnetError(f"{run}: no feature_cnns.pt; this run did not keep its per-attribute CNNs "
                                f"(mtl.save_feature_cnns=false), so it cannot predict new images")
-        stacked = torch.load(path, map_location="cpu", weights_only=False)["stacked_state"]
+        saved = model_file.load_file(path, "attrnet feature-CNN file")
+        stacked = saved.get("stacked_state") if isinstance(saved, dict) else None
+        if not isinstance(stacked, dict):
+            raise AttrnetError(f"{path}: not an attrnet feature-CNN file (no stacked_state)")
         model_cfg = dataclasses.replace(cfg.model, pretrained=False, tta="none")
         cnns = []
         for m in range(len(ckpt["attributes"])):
             cnn = build_model(model_cfg, 1, 1 if ckpt["grayscale"] else 3)
-            cnn.load_state_dict({k: v[m] for k, v in stacked.items()})
+            load_weights(cnn, {k: v[m] for k, v in stacked.items()}, f"{path} (CNN {m})")
             cnns.append(cnn)
     return LatentTaskNet(cnns, ckpt["feature_mean"], ckpt["feature_std"], ckpt["L"], ckpt["S"], ckpt["b"],
                          tta if tta is not None else cfg.model.tta).eval()

@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrnet import atomic, metrics, report
+from attrnet import atomic, metrics, model_file, report
 from attrnet.config import Config
 from attrnet.data.groups import group_index, validate_groups
+from attrnet.engine.checkpoint import CHECKPOINT_VERSION, KIND_LATENT_TASK
+from attrnet.engine.run_folder import check_run_folder, start_run_folder
 from attrnet.engine.setup import PreparedData, prepare_data, resolve_device
 from attrnet.errors import AttrnetError
 from attrnet.mtl.features import FeatureSet, compute_features
@@ -314,22 +316,22 @@ def write_plots(outcome: Outcome, names: list[str], plot_dir: Path) -> dict[str,
     return {k: str(v) for k, v in paths.items()}
 
 
-def run_mtl(cfg: Config, run_dir: str | Path, progress: bool = True, data: PreparedData | None = None) -> dict:
-    """The whole pipeline from one config into run_dir; returns the MTL's test metrics (plus baselines etc.)."""
-    import yaml
+def run_mtl(cfg: Config, run_dir: str | Path, progress: bool = True, data: PreparedData | None = None,
+            resume: bool = False, overwrite: bool = False) -> dict:
+    """The whole pipeline from one config into run_dir; returns the MTL's test metrics (plus baselines etc.).
 
+    An existing run in run_dir is an error unless resume (same config; cached features are reused) or
+    overwrite (replace its outputs; cached features are still reused when they were made the same way)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if cfg.mtl.thresholds not in THRESHOLD_MODES:
-        raise AttrnetError(f"unknown mtl.thresholds {cfg.mtl.thresholds!r}; valid: {', '.join(THRESHOLD_MODES)}")
+    check_run_folder(run_dir, cfg, resume, overwrite)
+    device = resolve_device(cfg.train.device)
     t_start = time.perf_counter()
     t0 = time.perf_counter()
     data = data or prepare_data(cfg, progress=progress)
     t_data = time.perf_counter() - t0
     names = list(data.table.names)
     resolve_mtl_groups(data.groups, names)  # fail before training anything when the groups are wrong
-    device = resolve_device(cfg.train.device)
+    start_run_folder(run_dir, cfg, overwrite=overwrite)
 
     t0 = time.perf_counter()
     feats = compute_features(cfg, data, run_dir, device, progress)
@@ -340,7 +342,8 @@ def run_mtl(cfg: Config, run_dir: str | Path, progress: bool = True, data: Prepa
     plots = write_plots(outcome, names, run_dir / "plots")
     write_history(run_dir / "objective_history.csv", outcome.solver.history)
     L, S, b = (t.detach().cpu().float() for t in (outcome.solver.L, outcome.solver.S, outcome.solver.b))
-    atomic.save_torch(run_dir / "mtl_model.pt", {
+    model_file.save_file(run_dir / "mtl_model.pt", {
+        "kind": KIND_LATENT_TASK, "version": CHECKPOINT_VERSION,
         "L": L, "S": S, "b": b, "attributes": names, "groups": outcome.groups,
         "feature_mean": torch.from_numpy(np.asarray(outcome.mean, np.float32)),
         "feature_std": torch.from_numpy(np.asarray(outcome.std, np.float32)),
