@@ -29,6 +29,13 @@ def _count(minimum: int):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line like every other error: `attrnet: error: ...`, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"attrnet: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model from a config file",
                        description="Train from a YAML config; key=value arguments override it "
@@ -118,7 +125,7 @@ def _add_checkpoint(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attrnet", description="Multi-task prediction of binary image attributes.")
+    parser = _Parser(prog="attrnet", description="Multi-task prediction of binary image attributes.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an internal error")
     parser.add_argument("--version", action="version", version=f"attrnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -26,12 +26,12 @@ def to_plain(obj: Any, where: str = "value") -> Any:
     import numpy as np
     import torch
 
+    if isinstance(obj, np.generic):  # before the plain types: np.float64 is a subclass of float
+        return obj.item()
     if isinstance(obj, PLAIN) or isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(obj))
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, dict):
         out = {k: to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
         if isinstance(obj, OrderedDict):  # a state dict: keep its type and its per-module version metadata
@@ -64,7 +64,7 @@ def load_file(path: str | Path, what: str = "attrnet model file") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):  # a reference to a Python object: a class, a function, code
+        if "unsupported global" in str(exc).lower():  # a reference to a Python object: a class, a function
             raise AttrnetError(
                 f"{path}: refused: it holds Python objects besides tensors, numbers, strings, lists and dicts, "
                 f"and loading those could run code hidden in the file. If it is an older attrnet file from a "

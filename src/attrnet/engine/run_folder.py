@@ -63,11 +63,11 @@ def _check_resumable(run_dir: Path, cfg: Config) -> None:
     refused = [c for c in changes if (c[0], c[1]) not in RESUMABLE]
     fewer = [c for c in changes if (c[0], c[1]) == ("train", "epochs") and _less(c[3], c[2])]
     if refused or fewer:
-        s, k, old, new = (refused or fewer)[0]
-        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
-        raise AttrnetError(f"--resume: {s}.{k} was {old!r} in this run, now {new!r}{more}; a resumed run may only "
-                           f"add epochs or change {', '.join(sorted(f'{a}.{b}' for a, b in RESUMABLE - {('train', 'epochs')}))}."
-                           f" Start a new run (another --out) or --overwrite this one")
+        what = "; ".join(f"{s}.{k} was {old!r} in this run, now {new!r}" for s, k, old, new in (refused or fewer)[:4])
+        more = f" (and {len(refused) - 4} more)" if len(refused) > 4 else ""
+        allowed = ", ".join(sorted(f"{a}.{b}" for a, b in RESUMABLE - {("train", "epochs")}))
+        raise AttrnetError(f"--resume: {what}{more}. A resumed run may only add epochs or change {allowed}; "
+                           f"start a new run (another --out) or --overwrite this one")
 
 
 def _less(new, old) -> bool:
