@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 import attrnet.data.cache as cache_mod
-from attrnet.data.cache import decode_all
+from attrnet.data.cache import decode_all, open_or_start, remove_abandoned_builds
 from attrnet.data.images import load_image
 from conftest import write_jpeg
 
@@ -113,6 +116,96 @@ def test_parallel_workers_write_every_image_into_its_own_row(tmp_path):
     for i in (0, 1, 64, 122, 124, 255, 299):
         np.testing.assert_array_equal(out.images[i], load_image(paths[i], (8, 8)).numpy())
     assert len({out.images[i].tobytes() for i in range(300) if i != 123}) == 299  # no row written twice
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped), so os.kill(pid, 0) finds no process."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _build_folder(root, pid: int, key: str = "0123456789abcdef01234567", pid_space: str | None = "here",
+                  age_s: float = 0.0):
+    """A build's temporary folder as a killed build leaves it: ".<key>.<pid>.tmp" with a half-written file."""
+    folder = root / f".{key}.{pid}.tmp"
+    folder.mkdir(parents=True)
+    (folder / "images.npy").write_bytes(b"\0" * 1000)
+    if pid_space is not None:
+        (folder / "pid_space").write_text(cache_mod._pid_space() if pid_space == "here" else pid_space)
+    then = time.time() - age_s
+    for p in [*folder.iterdir(), folder]:
+        os.utime(p, (then, then))
+    return folder
+
+
+def test_dead_builds_folders_are_removed_live_ones_kept(tmp_path, images):
+    root = tmp_path / "cache"
+    dead = _build_folder(root, _dead_pid())
+    mine = _build_folder(root, os.getpid(), key="fedcba9876543210fedcba98")
+    parent = _build_folder(root, os.getppid(), key="00000000000000000000000a")
+    not_a_build = [root / ".notes.123.tmp", root / ".0123456789abcdef01234567.x.tmp"]
+    for p in not_a_build:
+        p.mkdir()
+
+    out = decode_all(images, (8, 8), cache_root=root, progress=False)
+    assert out.ok.all()
+    assert not dead.exists()
+    assert mine.is_dir() and parent.is_dir() and (mine / "images.npy").stat().st_size == 1000
+    assert all(p.is_dir() for p in not_a_build)
+    assert sorted(p.name for p in root.iterdir()) == sorted([out.path.name, mine.name, parent.name]
+                                                            + [p.name for p in not_a_build])
+
+
+def test_cleanup_also_runs_when_the_cache_exists(tmp_path, images, monkeypatch):
+    root = tmp_path / "cache"
+    decode_all(images, (8, 8), cache_root=root, progress=False)
+    dead = _build_folder(root, _dead_pid())
+    _forbid_build(monkeypatch)
+    decode_all(images, (8, 8), cache_root=root, progress=False)
+    assert not dead.exists()
+
+
+def test_a_process_we_may_not_signal_counts_as_alive(tmp_path, monkeypatch):
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(cache_mod.os, "kill", kill)
+    folder = _build_folder(tmp_path, 1)
+    assert remove_abandoned_builds(tmp_path) == []
+    assert folder.is_dir()
+
+
+def test_other_machines_builds_are_judged_by_age(tmp_path):
+    # a pid of another host or pid namespace says nothing here: only a day without writes marks it abandoned
+    pid = _dead_pid()
+    day = cache_mod.FOREIGN_BUILD_STALE_AFTER_S
+    fresh = _build_folder(tmp_path, pid, key="a" * 24, pid_space="other-host pid:[1]", age_s=day - 600)
+    old = _build_folder(tmp_path, pid, key="b" * 24, pid_space="other-host pid:[1]", age_s=day + 600)
+    assert remove_abandoned_builds(tmp_path) == [old]
+    assert fresh.is_dir() and not old.exists()
+
+
+def test_unmarked_folders_get_a_grace_period(tmp_path):
+    # no pid_space file: an older attrnet's folder, or one whose file a shared disk does not show yet
+    pid = _dead_pid()
+    grace = cache_mod.UNMARKED_BUILD_GRACE_S
+    new = _build_folder(tmp_path, pid, key="c" * 24, pid_space=None, age_s=grace - 60)
+    old = _build_folder(tmp_path, pid, key="d" * 24, pid_space=None, age_s=grace + 60)
+    assert remove_abandoned_builds(tmp_path) == [old]
+    assert new.is_dir()
+
+
+def test_a_build_under_way_survives_another_start(tmp_path, images):
+    # two trainings sharing a cache: the second start's cleanup must not touch the first one's build
+    root = tmp_path / "cache"
+    build = open_or_start(images, (8, 8), cache_root=root, progress=False)
+    assert isinstance(build, cache_mod.CacheBuild) and build.tmp.is_dir()
+    assert remove_abandoned_builds(root) == []
+    other = open_or_start(images[:3], (8, 8), cache_root=root, progress=False).finish()
+    assert build.tmp.is_dir() and other.images.shape[0] == 3
+    done = build.finish()
+    assert done.ok.all() and not build.tmp.exists()
+    np.testing.assert_array_equal(done.images[1], load_image(images[1], (8, 8)).numpy())
 
 
 @pytest.mark.parametrize("resize", ["squash", "crop"])

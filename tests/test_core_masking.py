@@ -166,16 +166,66 @@ def test_mixup_blends_images_and_targets_and_keeps_unknowns_unknown():
     torch.testing.assert_close(ym[0], torch.tensor([1.0, 0.25]))
     assert torch.isnan(ym[1, 1]) and torch.isnan(ym[2, 1])   # unknown on either side of the blend
     assert ym[1, 0].item() == 0.25
-    # the masked loss leaves those entries out and takes the blended targets as they are
+    # the masked loss leaves those entries out and takes the blended targets as they are: the float64
+    # formula over the 4 known targets, two of them 0.25 (float32 loss of 4 terms: a few ulps, 1e-6 relative)
     from attrnet.losses import masked_bce
-    logits = torch.zeros(3, 2)
-    assert torch.isfinite(masked_bce(logits, ym))
+    logits = torch.tensor([[0.3, -1.2], [2.0, 0.7], [-0.4, 5.0]])
+    assert masked_bce(logits, ym).item() == pytest.approx(_manual_bce(logits, ym), rel=1e-6)
+    # and not the value it would have with the unknown targets read as 0
+    assert masked_bce(logits, ym).item() != pytest.approx(_manual_bce(logits, torch.nan_to_num(ym)), rel=1e-3)
 
 
-def test_fit_with_mixup_trains(tmp_path):
+def test_fit_with_mixup_trains(tmp_path, monkeypatch):
+    """fit with train.mixup = a trains on blended batches: every step blends its images and targets with a
+    shuffled copy of the batch, weighted by that epoch's seeded Beta(a, a) draws, and the loss it steps on (and
+    reports) is the BCE against those blended targets."""
+    import csv
+
+    import attrnet.engine.train as train_mod
     from attrnet.engine.train import fit
     from conftest import random_csv_rows, tiny_config, write_csv_folder
+
+    real_mixup, real_bce = train_mod.mixup, train_mod.masked_bce
+    mixes, steps = [], []
+
+    def spy_mixup(x, y, lam, perm):
+        out = real_mixup(x, y, lam, perm)
+        mixes.append({"x": x.clone(), "y": y.clone(), "lam": lam, "perm": perm.clone(), "x_out": out[0].clone()})
+        return out
+
+    def spy_bce(logits, targets, *args):
+        loss = real_bce(logits, targets, *args)
+        if logits.requires_grad:  # a training step's loss; validation runs without gradients
+            steps.append({"logits": logits.detach().clone(), "targets": targets.clone(), "loss": loss.item()})
+        return loss
+
+    monkeypatch.setattr(train_mod, "mixup", spy_mixup)
+    monkeypatch.setattr(train_mod, "masked_bce", spy_bce)
     data = write_csv_folder(tmp_path / "d", ["image", "A", "B"], random_csv_rows(12, ["A", "B"]))
     cfg = tiny_config(tmp_path / "c", data__root=data, data__format="csv", train__mixup=0.4, train__epochs=2)
-    result = fit(cfg, tmp_path / "run", progress=False)
-    assert 0 <= result["mean_accuracy"] <= 1
+    fit(cfg, tmp_path / "run", progress=False)
+
+    # one blend per training step, each right before the step's loss; the same number of steps each epoch
+    assert len(mixes) == len(steps) == 4  # 2 epochs x max_steps_per_epoch 2
+    per_epoch = len(steps) // cfg.train.epochs
+    # the blend weights are the seeded Beta(0.4, 0.4) draws: a fresh generator per epoch, one draw per step
+    expected_lams = [np.random.default_rng([cfg.train.seed, e, 7]).beta(0.4, 0.4, per_epoch) for e in range(2)]
+    assert [m["lam"] for m in mixes] == np.concatenate(expected_lams).tolist()
+    u = 2.0 ** -24  # float32: a blend is 3 roundings (2 products, 1 sum) and 2 of the weights: within 8 u
+    for mix, step in zip(mixes, steps):
+        x, y, lam, perm = mix["x"].double(), mix["y"].double(), mix["lam"], mix["perm"]
+        assert sorted(perm.tolist()) == list(range(len(x)))  # a shuffle of the batch
+        torch.testing.assert_close(mix["x_out"].double(), lam * x + (1 - lam) * x[perm],
+                                   rtol=0, atol=8 * u * float(x.abs().max()))
+        blended = lam * y + (1 - lam) * y[perm]  # what the loss must see (NaN where either side is unknown)
+        torch.testing.assert_close(step["targets"].double(), blended, rtol=0, atol=8 * u, equal_nan=True)
+        # the loss is the BCE against the blended targets (float64 formula; float32 loss of <= 8 terms: 1e-5)
+        assert step["loss"] == pytest.approx(_manual_bce(step["logits"], blended), rel=1e-5)
+    # really blended: some images moved and some targets lie strictly between 0 and 1
+    assert max(float((m["x_out"] - m["x"]).abs().max()) for m in mixes) > 0.1
+    assert any(((s["targets"] > 0) & (s["targets"] < 1)).any() for s in steps)
+    # and the training loss fit reports for each epoch is the mean of these losses (written to 6 decimals)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        reported = [float(row["train/loss"]) for row in csv.DictReader(f)]
+    means = [np.mean([s["loss"] for s in steps[e * per_epoch:(e + 1) * per_epoch]]) for e in range(2)]
+    np.testing.assert_allclose(reported, means, rtol=1e-6, atol=5e-7)

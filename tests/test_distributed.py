@@ -80,7 +80,7 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def _assert_same_weights(one: Path, two: Path) -> float:
@@ -145,5 +145,5 @@ def test_two_cpu_ranks_match_one_process_and_resume(data_root: Path, tmp_path: P
     proc = _torchrun(base + ["train.epochs=2", f"data.cache_dir={cache2}", "--out", str(r2), "--resume"], tmp_path)
     assert (proc.stdout + proc.stderr).count("resumed from") == 1
     assert [row["epoch"] for row in _history(r2)] == ["1", "2"]
-    assert torch.load(r2 / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(r2 / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
     _assert_same_weights(r1, r2)

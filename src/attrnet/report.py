@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -30,67 +31,131 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def _fmt(x: Any, width: int, digits: int = 3) -> str:
+def _fmt(x: Any) -> str:
+    """One table cell: "-" for a missing or non-finite number, strings as they are."""
     if x is None or (isinstance(x, (float, np.floating)) and not math.isfinite(x)):
-        return "-".rjust(width)
+        return "-"
     if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
-        return str(int(x)).rjust(width)
+        return str(int(x))
     if isinstance(x, (float, np.floating)):
-        return f"{x:.{digits}f}".rjust(width)
-    return str(x).rjust(width)
+        return f"{x:.3f}"
+    return str(x)
+
+
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def _signed(x: float) -> str | None:
+    """A gain with its sign, so a loss against the baseline stands out in a column of numbers."""
+    return f"{x:+.3f}" if math.isfinite(x) else None
 
 
 def _baseline_acc(baseline: Mapping, name: str) -> float:
     v = baseline.get("attributes", {}).get(name)
     if isinstance(v, Mapping):
         v = v.get("accuracy")
-    return float("nan") if v is None else float(v)
+    return _num(v)
 
 
 def _table(header: list[str], rows: list[list[Any]], footer: list[Any] | None = None) -> list[str]:
-    """Left-aligned first column, right-aligned numbers, rules under the header and above the footer."""
-    first = max([len(header[0])] + [len(str(r[0])) for r in rows + ([footer] if footer else [])])
-    widths = [first] + [max(8, len(h)) for h in header[1:]]
+    """Left-aligned first column, right-aligned numbers, rules under the header and above the footer.
+    Each column is as wide as its widest cell, so the table stays narrow at 40 attributes."""
+    body = [[_fmt(c) for c in r] for r in rows + ([footer] if footer else [])]
+    widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(  # noqa: E731
-        [str(cells[0]).ljust(widths[0])] + [_fmt(c, w) for c, w in zip(cells[1:], widths[1:])])
+        [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
-    out = [line(header), rule] + [line(r) for r in rows]
-    return out + ([rule, line(footer)] if footer else [])
+    out = [line(header), rule] + [line(r) for r in body[:len(rows)]]
+    return out + ([rule, line(body[-1])] if footer else [])
+
+
+@dataclass
+class _Baseline:
+    """The accuracy each attribute is compared with: the column title, the figure per attribute, the mean."""
+
+    title: str
+    per_attribute: dict[str, float]
+    mean: float
+
+
+def _find_baseline(metrics: Mapping, baseline: Mapping | None) -> _Baseline | None:
+    """An explicit baseline, else the result's own majority-class figures (evaluation_report adds them);
+    None when there are neither (e.g. an older metrics.json), and the table then goes without."""
+    attrs: Mapping[str, Mapping] = metrics.get("attributes", {})
+    if baseline is not None:
+        per = {n: _baseline_acc(baseline, n) for n in attrs}
+        return _Baseline("base_acc", per, _num(baseline.get("mean_accuracy")))
+    if not attrs or not any("majority_accuracy" in a for a in attrs.values()):
+        return None
+    per = {n: _num(a.get("majority_accuracy")) for n, a in attrs.items()}
+    mean = metrics.get("mean_majority_accuracy")
+    return _Baseline("majority", per, _nanmean(per.values()) if mean is None else float(mean))
+
+
+def _attribute_rows(attrs: Mapping[str, Mapping], base: _Baseline | None) -> list[list[Any]]:
+    rows = []
+    for name, a in attrs.items():
+        acc = _num(a.get("accuracy"))
+        beside = [] if base is None else [base.per_attribute[name], _signed(acc - base.per_attribute[name])]
+        rows.append([name, acc, *beside, a.get("balanced_accuracy"), a.get("f1"), a.get("average_precision"),
+                     a.get("threshold"), a.get("positive_rate"), a.get("n_known")])
+    return rows
+
+
+def _mean_row(metrics: Mapping, base: _Baseline | None) -> list[Any]:
+    acc = _num(metrics.get("mean_accuracy"))
+    beside = [] if base is None else [base.mean, _signed(acc - base.mean)]
+    return ["MEAN", acc, *beside, metrics.get("mean_balanced_accuracy"), metrics.get("mean_f1"),
+            metrics.get("mean_average_precision"), None, None, metrics.get("n_images")]
+
+
+def _baseline_note(attrs: Mapping[str, Mapping], base: _Baseline) -> list[str]:
+    """What the baseline column means, and how many attributes fail to beat it (the trust question).
+    Gains are counted as printed (3 decimals), so the count agrees with the column."""
+    gains = [round(_num(a.get("accuracy")) - base.per_attribute[n], 3) for n, a in attrs.items()]
+    known = [g for g in gains if math.isfinite(g)]
+    what = ("accuracy of always answering the attribute's more common value" if base.title == "majority"
+            else "accuracy of the baseline")
+    return [f"{base.title} = {what}; gain = accuracy - {base.title}",
+            f"{sum(g <= 0 for g in known)} of {len(known)} attributes with known labels do not beat it (gain <= 0)"]
+
+
+def _group_table(groups: Mapping[str, Mapping], base: _Baseline | None) -> list[str]:
+    header = ["group", "n_attr", "accuracy"] + ([] if base is None else [base.title]) + [
+        "bal_acc", "f1", "avg_prec"]
+    rows = []
+    for g, v in groups.items():
+        names = v.get("attributes", [])
+        beside = [] if base is None else [_nanmean(base.per_attribute.get(n, float("nan")) for n in names)]
+        rows.append([g, len(names), v.get("mean_accuracy"), *beside, v.get("mean_balanced_accuracy"),
+                     v.get("mean_f1"), v.get("mean_average_precision")])
+    return ["groups (means over each group's attributes)"] + _table(header, rows)
 
 
 def format_table(metrics: Mapping, baseline: Mapping | None = None) -> str:
     """Fixed-width table: one row per attribute and a final MEAN row; NaN printed as "-".
 
-    baseline (e.g. ``metrics.majority_accuracy(...)``) adds its accuracy and the gain over it.
-    If ``metrics`` has "groups" (``metrics.group_metrics``), a table of group means follows.
+    Beside the accuracy go a baseline accuracy and the gain over it: ``baseline`` when given (the shape of
+    ``metrics.majority_accuracy(...)``), else the result's own "majority_accuracy" figures; without
+    either the two columns are left out. If ``metrics`` has "groups" (``metrics.group_metrics``), a table
+    of group means follows.
     """
     attrs: Mapping[str, Mapping] = metrics.get("attributes", {})
-    header = ["attribute", "accuracy", "bal_acc", "f1", "avg_prec", "thresh", "pos_rate", "n_known"]
-    if baseline is not None:
-        header += ["base_acc", "gain"]
-    rows: list[list[Any]] = []
-    for name, a in attrs.items():
-        row = [name, a.get("accuracy"), a.get("balanced_accuracy"), a.get("f1"),
-               a.get("average_precision"), a.get("threshold"), a.get("positive_rate"), a.get("n_known")]
-        if baseline is not None:
-            b = _baseline_acc(baseline, name)
-            row += [b, (a.get("accuracy") if a.get("accuracy") is not None else float("nan")) - b]
-        rows.append(row)
-    mean = ["MEAN", metrics.get("mean_accuracy"), metrics.get("mean_balanced_accuracy"),
-            metrics.get("mean_f1"), metrics.get("mean_average_precision"), None, None,
-            metrics.get("n_images")]
-    if baseline is not None:
-        b = baseline.get("mean_accuracy")
-        b = float("nan") if b is None else float(b)
-        ma = metrics.get("mean_accuracy")
-        mean += [b, (float("nan") if ma is None else float(ma)) - b]
-    lines = _table(header, rows, mean)
+    base = _find_baseline(metrics, baseline)
+    header = ["attribute", "accuracy"] + ([] if base is None else [base.title, "gain"]) + [
+        "bal_acc", "f1", "avg_prec", "thresh", "pos_rate", "n_known"]
+    lines = _table(header, _attribute_rows(attrs, base), _mean_row(metrics, base))
+    if base is not None:
+        lines += [""] + _baseline_note(attrs, base)
     groups: Mapping[str, Mapping] = metrics.get("groups") or {}
     if groups:
-        gheader = ["group", "n_attr", "accuracy", "bal_acc", "f1", "avg_prec"]
-        grows = [[g, len(v.get("attributes", [])), v.get("mean_accuracy"), v.get("mean_balanced_accuracy"),
-                  v.get("mean_f1"), v.get("mean_average_precision")] for g, v in groups.items()]
-        lines += ["", "groups (means over each group's attributes)"] + _table(gheader, grows)
+        lines += [""] + _group_table(groups, base)
     return "\n".join(lines) + "\n"
 
 
@@ -153,11 +218,39 @@ def plot_attribute_accuracy(metrics: Mapping, path: str | Path, title: str = "")
     return _save(fig, path)
 
 
-def plot_training_curves(rows: Sequence[Mapping], path: str | Path) -> Path:
-    """Two panels against epoch: every "*loss*" key (with "lr" on a log-scale twin axis) and every
-    accuracy/F1/AP key (only the "mean" ones when there are some). Missing or non-numeric values
-    are skipped; a row without "epoch" counts as epoch index + 1."""
+def epoch_axis(epochs: Sequence[float]) -> tuple[tuple[float, float], list[int]]:
+    """x limits and whole-number ticks for an epoch axis. Half an epoch of room each side (a single epoch
+    would otherwise get matplotlib's 0.95..1.05 and ticks at 0.96, 0.98, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    if len(epochs) == 0:
+        return (0.5, 1.5), [1]
+    first, last = float(min(epochs)), float(max(epochs))
+    pad = max(0.5, 0.025 * (last - first))
+    lo, hi = first - pad, last + pad
+    ticks = MaxNLocator(nbins=10, steps=[1, 2, 5, 10], integer=True, min_n_ticks=1).tick_values(lo, hi)
+    return (lo, hi), [int(t) for t in ticks if lo <= t <= hi]
+
+
+def lr_axis(lrs: Sequence[float]) -> tuple[str, tuple[float, float]]:
+    """Scale ("log" or "linear") and limits for the learning-rate axis. Log only where the rate spans at
+    least a factor of 10 and never reaches 0; otherwise linear from 0, so a single point, a constant rate
+    or a schedule ending at 0 never gets matplotlib's symmetric (negative) limits around one value."""
+    values = np.asarray(lrs, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return "linear", (0.0, 1.0)
+    low, high = float(values.min()), float(values.max())
+    if low > 0 and high / low >= 10:
+        return "log", (low / 1.5, high * 1.5)
+    top = 1.2 * high if high > 0 else 1.0  # room above a flat line so it does not merge with the frame
+    return "linear", (min(0.0, low), top)
+
+
+def training_curves_figure(rows: Sequence[Mapping]) -> Any:
+    """The figure of plot_training_curves (a matplotlib Figure; the caller closes it)."""
     plt = _pyplot()
+
     def series(key: str) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for i, r in enumerate(rows):
@@ -179,15 +272,13 @@ def plot_training_curves(rows: Sequence[Mapping], path: str | Path) -> Path:
     for k in loss_keys:
         ax1.plot(*series(k), label=k, **style)
     if "lr" in keys:
-        axr = ax1.twinx()
-        axr.plot(*series("lr"), color="grey", linestyle=":", label="lr")
-        if (series("lr")[1] > 0).all():
-            axr.set_yscale("log")
-        axr.set_ylabel("learning rate", color="grey")
-        axr.legend(loc="upper center", fontsize=8)
+        _plot_lr(ax1.twinx(), *series("lr"), style)
     for k in score_keys:
         ax2.plot(*series(k), label=k, **style)
+    (xlo, xhi), xticks = epoch_axis([float(r.get("epoch", i + 1)) for i, r in enumerate(rows)])
     for ax, name, ks in ((ax1, "loss", loss_keys), (ax2, "score", score_keys)):
+        ax.set_xlim(xlo, xhi)
+        ax.set_xticks(xticks)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -198,7 +289,23 @@ def plot_training_curves(rows: Sequence[Mapping], path: str | Path) -> Path:
     ax1.set_title("losses")
     ax2.set_title("accuracies")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def _plot_lr(axr: Any, epochs: np.ndarray, lrs: np.ndarray, style: Mapping) -> None:
+    axr.plot(epochs, lrs, color="grey", linestyle=":", label="lr", **style)
+    scale, limits = lr_axis(lrs)
+    axr.set_yscale(scale)
+    axr.set_ylim(*limits)
+    axr.set_ylabel("learning rate", color="grey")
+    axr.legend(loc="lower left", fontsize=8)  # losses fall to the right: this corner is rarely in their way
+
+
+def plot_training_curves(rows: Sequence[Mapping], path: str | Path) -> Path:
+    """Two panels against epoch (whole-number ticks): every "*loss*" key (with "lr" on a twin axis, see
+    lr_axis) and every accuracy/F1/AP key (only the "mean" ones when there are some). Missing or
+    non-numeric values are skipped; a row without "epoch" counts as epoch index + 1."""
+    return _save(training_curves_figure(rows), path)
 
 
 def _order_by_groups(col_labels: list[str], col_groups: Mapping[str, Sequence[str]]

@@ -12,7 +12,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,6 +29,16 @@ from attrnet.errors import AttrnetError
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+# A build's temporary folder, ".<key>.<pid>.tmp" (see CacheBuild), and the file in it that says where that
+# pid is meaningful (see _pid_space).
+_BUILD_FOLDER = re.compile(r"\.(?P<key>[0-9a-f]{24})\.(?P<pid>[0-9]+)\.tmp")
+_PID_SPACE_FILE = "pid_space"
+# A build folder of another machine or container (a cache on a shared disk) is judged by age, as its pid means
+# nothing here: a live build writes rows every few seconds, so a day without a write means its builder is gone.
+FOREIGN_BUILD_STALE_AFTER_S = 24 * 3600
+# A folder without its pid_space file is either an older attrnet's or one made a moment ago (the file is
+# written right after the folder, and a shared disk may show it late): the latter gets this long.
+UNMARKED_BUILD_GRACE_S = 300
 
 
 @dataclass
@@ -94,6 +107,7 @@ def open_or_start(paths: list[Path], size: tuple[int, int], grayscale: bool = Fa
     gives (lists of row indices) before all others, in that order."""
     root = Path(cache_root) if cache_root else default_cache_root()
     key = cache_key(paths, size, grayscale, resize)
+    remove_abandoned_builds(root)
     if (root / key / "meta.json").is_file():
         return _open(root / key)
     try:
@@ -102,6 +116,63 @@ def open_or_start(paths: list[Path], size: tuple[int, int], grayscale: bool = Fa
         raise AttrnetError(f"cannot create the image cache in {root} ({exc.strerror}); "
                            f"set data.cache_dir or ATTRNET_CACHE") from None
     return _build(root, key, paths, size, grayscale, resize, workers, progress, first() if first else [])
+
+
+def remove_abandoned_builds(root: Path) -> list[Path]:
+    """Remove the temporary folders of cache builds whose process was killed (they are never published, and
+    one can hold gigabytes); returns them. A folder of a live process is another build under way (two
+    trainings may share a cache) and stays. A reused pid keeps a dead build's folder: the safe mistake."""
+    try:
+        candidates = [(f, int(m["pid"])) for f in root.iterdir() if (m := _BUILD_FOLDER.fullmatch(f.name))]
+    except OSError:  # no cache folder yet, or an unreadable one: nothing to clean here
+        return []
+    removed = []
+    for folder, pid in candidates:
+        if folder.is_dir() and _is_abandoned(folder, pid):
+            log.info("removing %s, left behind by an interrupted cache build", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _is_abandoned(folder: Path, pid: int) -> bool:
+    try:
+        space = (folder / _PID_SPACE_FILE).read_text()
+    except OSError:
+        return _idle_seconds(folder) > UNMARKED_BUILD_GRACE_S and not _process_alive(pid)
+    if space == _pid_space():
+        return not _process_alive(pid)
+    return _idle_seconds(folder) > FOREIGN_BUILD_STALE_AFTER_S
+
+
+def _pid_space() -> str:
+    """Where this process's pid means something: the host and (on Linux) the pid namespace, as containers
+    that share a host name (docker --network host) each count their pids from 1."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()} {namespace}".strip()
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: never judge a build dead
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists but belongs to someone else
+        return True
+    return True
+
+
+def _idle_seconds(folder: Path) -> float:
+    try:
+        last_write = max(p.stat().st_mtime for p in [folder, *folder.iterdir()])
+    except OSError:  # removed meanwhile (a concurrent cleanup or publish): leave it to whoever did that
+        return 0.0
+    return time.time() - last_write
 
 
 def _build(root: Path, key: str, paths, size, grayscale, resize, workers, progress, first) -> "CacheBuild":
@@ -123,6 +194,7 @@ class CacheBuild:
         self.size, self.grayscale, self.resize = size, grayscale, resize
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
+        (self.tmp / _PID_SPACE_FILE).write_text(_pid_space())  # lets another process judge our pid (above)
         n = len(paths)
         out = self.tmp / "images.npy"
         np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8,
