@@ -216,7 +216,7 @@ CASES = [
      "labels.csv"),
     ("labels-short-row", lambda w, t: _train_on(t, _csv_data(t, "image,A,B", _csv_rows() + ["img001.jpg,1"])),
      "labels.csv"),
-    ("labels-bad-value", lambda w, t: _train_on(t, _csv_data(t, "image,A,B", ["img000.jpg,yes,1"] + _csv_rows()[1:])),
+    ("labels-bad-value", lambda w, t: _train_on(t, _csv_data(t, "image,A,B", ["img000.jpg,maybe,1"] + _csv_rows()[1:])),
      "labels.csv"),
     ("images-all-unreadable", lambda w, t: _train_on(t, _csv_data(t, "image,A,B", _csv_rows(), make_images=False)),
      "csvdata"),

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from attrnet.config import DataConfig
 from attrnet.data.celeba import read_celeba
 from attrnet.data.csv_folder import read_csv_folder
 from attrnet.data.formats import assign_partition, read_table, split_indices
+from attrnet.data.images import load_image, resize_image
 from attrnet.data.inspect import format_inspection, inspect_folder
 from attrnet.data.table import TEST, TRAIN, VAL, AttributeTable
 from attrnet.engine.setup import prepare_data
@@ -59,7 +62,20 @@ def test_celeba_wrong_field_count_names_file_and_line(tmp_path):
     with pytest.raises(AttrnetError) as exc:
         read_celeba(root)
     assert f"{attr}:5:" in str(exc.value)
-    assert "expected a file name and 3 values, got 3 fields" in str(exc.value)
+    assert "the row has 2 values but line 2 names 3 attributes" in str(exc.value)
+
+
+@pytest.mark.parametrize("row, n_values", [("000003.jpg 1 -1 1 1", 4), ("000003.jpg 1", 1), ("000003.jpg", 0)])
+def test_celeba_field_count_message_counts_values_not_fields(tmp_path, row, n_values):
+    root = write_celeba(tmp_path / "celeba")
+    attr = root / "list_attr_celeba.txt"
+    lines = attr.read_text().splitlines()
+    lines[4] = row
+    attr.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AttrnetError) as exc:
+        read_celeba(root)
+    noun = "value" if n_values == 1 else "values"
+    assert f"{attr}:5: the row has {n_values} {noun} but line 2 names 3 attributes" in str(exc.value)
 
 
 @pytest.mark.parametrize("bad", ["2", "yes", "0.5"])
@@ -107,6 +123,96 @@ def test_unknown_attribute_lists_valid_names(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def _celeba_attr_lines(root: Path) -> tuple[Path, list[str]]:
+    attr = root / "list_attr_celeba.txt"
+    return attr, attr.read_text().splitlines()
+
+
+def test_celeba_attribute_named_twice_names_line_2(tmp_path):
+    root = write_celeba(tmp_path / "celeba", names=["Smiling", "Male", "Smiling"])
+    with pytest.raises(AttrnetError) as exc:
+        read_celeba(root)
+    attr = root / "list_attr_celeba.txt"
+    assert f"{attr}:2: attribute 'Smiling' is named twice (names 1 and 3)" in str(exc.value)
+
+
+def test_celeba_image_listed_twice_names_both_lines(tmp_path):
+    attr, lines = _celeba_attr_lines(write_celeba(tmp_path / "celeba"))
+    lines[6] = "000002.jpg  1  1  1"  # line 7 repeats line 4's image with other labels
+    attr.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AttrnetError) as exc:
+        read_celeba(tmp_path / "celeba")
+    assert f"{attr}:7: image 000002.jpg is listed again (first on line 4)" in str(exc.value)
+
+
+def test_celeba_partition_listing_an_image_twice_names_the_line(tmp_path):
+    root = write_celeba(tmp_path / "celeba", partition=[0, 0, 1, 2, 0, 1])
+    part = root / "list_eval_partition.txt"
+    part.write_text(part.read_text() + "000003.jpg 0\n")  # line 7; line 3 put it in val
+    with pytest.raises(AttrnetError) as exc:
+        read_celeba(root)
+    assert f"{part}:7: image 000003.jpg is listed again (first on line 3)" in str(exc.value)
+
+
+@pytest.mark.parametrize("first_line", ["", "Smiling Male Eyeglasses", "6 images", "\u00b2"])
+def test_celeba_first_line_must_be_the_image_count(tmp_path, first_line):
+    attr, lines = _celeba_attr_lines(write_celeba(tmp_path / "celeba"))
+    attr.write_text("\n".join([first_line] + lines[1:]) + "\n")
+    with pytest.raises(AttrnetError) as exc:
+        read_celeba(tmp_path / "celeba")
+    assert f"{attr}:1: expected the number of images" in str(exc.value)
+
+
+def test_celeba_count_that_disagrees_with_the_rows_is_a_warning(tmp_path, caplog):
+    attr, lines = _celeba_attr_lines(write_celeba(tmp_path / "celeba"))
+    attr.write_text("\n".join(["9"] + lines[1:]) + "\n")
+    table = read_celeba(tmp_path / "celeba")
+    assert len(table) == 6
+    assert "line 1 says 9 images but the file lists 6" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["list_attr_celeba.txt", "list_eval_partition.txt"])
+def test_celeba_file_that_is_not_utf8_names_the_line(tmp_path, name):
+    root = write_celeba(tmp_path / "celeba", partition=[0, 0, 1, 2, 0, 1])
+    path = root / name
+    lines = path.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b"000", b"Caf\xe9", 1)  # Latin-1, line 4
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(AttrnetError) as exc:
+        read_celeba(root)
+    assert f"{path}:4: byte 0xe9 is not UTF-8 text; save the file as UTF-8" in str(exc.value)
+
+
+def test_celeba_binary_or_utf16_file_is_an_error(tmp_path):
+    attr, lines = _celeba_attr_lines(write_celeba(tmp_path / "celeba"))
+    attr.write_bytes(("\n".join(lines) + "\n").encode("utf-16"))
+    with pytest.raises(AttrnetError, match="the file is UTF-16 text; save it as UTF-8"):
+        read_celeba(tmp_path / "celeba")
+    attr.write_bytes(("\n".join(lines[:5]) + "\n").encode() + b"\x00\x01\x02\n")  # line 6
+    with pytest.raises(AttrnetError) as exc:
+        read_celeba(tmp_path / "celeba")
+    assert f"{attr}:6: a NUL character: this is not a text file" in str(exc.value)
+
+
+def test_celeba_line_numbers_count_crlf_and_keep_form_feeds_inside_a_line(tmp_path):
+    attr, lines = _celeba_attr_lines(write_celeba(tmp_path / "celeba"))
+    lines[2] = lines[2].replace(" ", "\x0c", 1)  # whitespace to split(), a line break to splitlines()
+    lines[5] = "000004.jpg 1 1 7"  # line 6
+    attr.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode())
+    with pytest.raises(AttrnetError) as exc:
+        read_celeba(tmp_path / "celeba")
+    assert f"{attr}:6: value '7' is not 1, -1 or 0" in str(exc.value)
+
+
+def test_celeba_bom_crlf_and_form_feed_read_the_same_table(tmp_path):
+    attr, lines = _celeba_attr_lines(write_celeba(tmp_path / "celeba"))
+    lines[2] = lines[2].replace(" ", "\x0c", 1)
+    attr.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode())
+    table = read_celeba(tmp_path / "celeba")
+    assert table.names == CELEBA_NAMES and len(table) == 6
+    np.testing.assert_array_equal(table.labels, CELEBA_LABELS)
+
+
 # --- CSV layout ----------------------------------------------------------------------------------------------
 
 CSV_HEADER = ["image", "A", "B", "C", "D"]
@@ -150,7 +256,7 @@ def test_csv_wrong_field_count_names_file_and_line(tmp_path):
     with pytest.raises(AttrnetError) as exc:
         read_csv_folder(root)
     assert f"{root / 'labels.csv'}:4:" in str(exc.value)
-    assert "expected 5 fields, got 3" in str(exc.value)
+    assert "the row has 2 values but the header names 4 attributes" in str(exc.value)
 
 
 def test_csv_bad_value_names_file_and_line(tmp_path):
@@ -167,6 +273,75 @@ def test_csv_missing_image_names_the_file(tmp_path):
     (root / "d.jpg").unlink()
     with pytest.raises(AttrnetError, match=r"d\.jpg is missing"):
         read_table(DataConfig(root=str(root), format="csv"))
+
+
+def _write_labels(root: Path, text: str | bytes) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    data = text.encode() if isinstance(text, str) else text
+    (root / "labels.csv").write_bytes(data)
+    return root
+
+
+def test_csv_attribute_named_twice_names_line_1(tmp_path):
+    root = _write_labels(tmp_path / "csv", "image,A,B, A\na.jpg,1,0,0\n")
+    with pytest.raises(AttrnetError) as exc:
+        read_csv_folder(root)
+    labels = root / "labels.csv"
+    assert f"{labels}:1: attribute 'A' is named twice in the header (columns 2 and 4)" in str(exc.value)
+
+
+def test_csv_header_column_without_a_name_names_line_1(tmp_path):
+    root = _write_labels(tmp_path / "csv", "image,A,B,\na.jpg,1,0,\n")  # a trailing comma
+    with pytest.raises(AttrnetError) as exc:
+        read_csv_folder(root)
+    assert f"{root / 'labels.csv'}:1: column 4 of the header has no attribute name" in str(exc.value)
+
+
+def test_csv_image_listed_twice_names_both_lines(tmp_path):
+    root = _write_labels(tmp_path / "csv", "image,A,B\na.jpg,1,0\nb.jpg,0,0\n\n a.jpg ,0,1\n")
+    with pytest.raises(AttrnetError) as exc:
+        read_csv_folder(root)
+    assert f"{root / 'labels.csv'}:5: image a.jpg is listed again (first on line 2)" in str(exc.value)
+
+
+def test_csv_row_without_an_image_name_names_the_line(tmp_path):
+    root = _write_labels(tmp_path / "csv", "image,A,B\na.jpg,1,0\n ,0,1\n,,\n")
+    with pytest.raises(AttrnetError) as exc:
+        read_csv_folder(root)
+    assert f"{root / 'labels.csv'}:3: the row has no image name in its first column" in str(exc.value)
+
+
+def test_csv_that_is_not_utf8_names_the_line(tmp_path):
+    root = _write_labels(tmp_path / "csv", "image,A\na.jpg,1\n".encode() + "caf\xe9.jpg,0\n".encode("latin-1"))
+    with pytest.raises(AttrnetError) as exc:
+        read_csv_folder(root)
+    assert f"{root / 'labels.csv'}:3: byte 0xe9 is not UTF-8 text; save the file as UTF-8" in str(exc.value)
+    _write_labels(root, "image,A\na.jpg,1\nb.jpg,0\x00\n")
+    with pytest.raises(AttrnetError) as exc:
+        read_csv_folder(root)
+    assert f"{root / 'labels.csv'}:3: a NUL character: this is not a text file" in str(exc.value)
+
+
+def test_csv_line_numbers_count_lines_inside_quoted_fields(tmp_path):
+    root = _write_labels(tmp_path / "csv", 'image,A\n"two\nlines.jpg",1\nb.jpg,maybe\n')
+    with pytest.raises(AttrnetError) as exc:
+        read_csv_folder(root)
+    assert f"{root / 'labels.csv'}:4: label 'maybe' is not 1, 0, -1 or blank" in str(exc.value)
+
+
+def test_csv_record_the_csv_module_rejects_names_its_line(tmp_path):
+    root = _write_labels(tmp_path / "csv", 'image,A\na.jpg,1\n"' + "x" * 140_000 + "\n")  # an unclosed quote
+    with pytest.raises(AttrnetError) as exc:
+        read_csv_folder(root)
+    assert f"{root / 'labels.csv'}:3: not a valid CSV record (field larger than field limit" in str(exc.value)
+
+
+def test_csv_bom_and_crlf_read_the_same_table(tmp_path):
+    rows = [",".join(CSV_HEADER)] + [",".join(r) for r in CSV_ROWS]
+    root = _write_labels(tmp_path / "csv", "\ufeff" + "\r\n".join(rows) + "\r\n")
+    table = read_csv_folder(root)
+    assert table.names == ["A", "B", "C", "D"] and table.files[-1] == "sub/e.jpg"
+    np.testing.assert_array_equal(table.labels, CSV_LABELS)
 
 
 # --- broken images -------------------------------------------------------------------------------------------
@@ -216,6 +391,101 @@ def test_inspect_reports_rates_missing_and_unreadable_files(tmp_path):
     text = format_inspection(info)
     assert "6 images, 3 attributes" in text and "missing files: 1" in text and "unreadable files: 2" in text
     assert any(line.split() == ["Male", "0.500", "0.333"] for line in text.splitlines())
+
+
+# --- decoding: what the cache and the predictor rely on ----------------------------------------------------
+
+def _png_with_bad_pixel_data() -> bytes:
+    """A PNG whose compressed pixels are damaged but whose chunk checksum matches (torchvision 0.29's PNG
+    decoder crashed the process with SIGSEGV on this)."""
+    import struct
+    import zlib
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (12, 19), (10, 200, 30)).save(buf, "PNG")
+    data = buf.getvalue()
+    at = data.find(b"IDAT")
+    length = struct.unpack(">I", data[at - 4:at])[0]
+    body = bytearray(data[at + 4:at + 4 + length])
+    body[-1] ^= 0xFF  # the zlib checksum
+    chunk = b"IDAT" + bytes(body)
+    return data[:at] + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[at + 8 + length:]
+
+
+def test_damaged_png_is_an_error_naming_the_file_not_a_crash(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(_png_with_bad_pixel_data())
+    with pytest.raises(AttrnetError, match=f"cannot decode image {path}"):
+        load_image(path, (16, 16))
+
+
+def test_16_bit_png_keeps_the_high_byte(tmp_path):
+    from PIL import Image
+    Image.new("I;16", (5, 7), 0x9A55).save(tmp_path / "deep.png")
+    for grayscale, channels in [(False, 3), (True, 1)]:
+        img = load_image(tmp_path / "deep.png", (8, 8), grayscale)
+        assert img.dtype == torch.uint8 and tuple(img.shape) == (channels, 8, 8)
+        assert img.unique().tolist() == [0x9A]
+
+
+def test_animated_gif_gives_its_first_frame(tmp_path):
+    from PIL import Image
+    frames = [Image.new("RGB", (12, 10), (c, c, c)) for c in (40, 200, 120)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    img = load_image(tmp_path / "anim.gif", (8, 8))
+    assert tuple(img.shape) == (3, 8, 8) and img.unique().tolist() == [40]
+
+
+@pytest.mark.parametrize("name", ["grey.webp", "grey.gif"])
+def test_webp_and_gif_in_grayscale_have_one_channel(tmp_path, name):
+    from PIL import Image
+    Image.new("RGB", (12, 10), (90, 90, 90)).save(tmp_path / name)
+    img = load_image(tmp_path / name, (8, 8), grayscale=True)
+    assert tuple(img.shape) == (1, 8, 8) and abs(int(img.float().mean()) - 90) <= 3
+
+
+def test_image_declaring_too_many_pixels_is_refused(tmp_path, monkeypatch):
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, "JPEG")
+    data = buf.getvalue()
+    sof = data.find(b"\xff\xc0")
+    data = data[:sof + 5] + (60000).to_bytes(2, "big") * 2 + data[sof + 9:]  # 60000 x 60000: 10.8 GB as RGB
+    (tmp_path / "bomb.jpg").write_bytes(data)
+    with pytest.raises(AttrnetError) as exc:
+        load_image(tmp_path / "bomb.jpg", (16, 16))
+    assert f"image {tmp_path / 'bomb.jpg'} declares more than 178956970 pixels, too many" in str(exc.value)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # with PIL's own check off, ours still holds
+    with pytest.raises(AttrnetError) as exc:
+        load_image(tmp_path / "bomb.jpg", (16, 16))
+    assert f"image {tmp_path / 'bomb.jpg'} declares 60000 x 60000 pixels; an image must have" in str(exc.value)
+
+
+def test_unsupported_image_format_is_named(tmp_path):
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(tmp_path / "pic.jpg", "BMP")  # a BMP whatever its name
+    with pytest.raises(AttrnetError, match=r"BMP images are not supported; convert it to JPEG, PNG"):
+        load_image(tmp_path / "pic.jpg", (8, 8))
+
+
+def test_crop_of_a_long_strip_scales_only_its_centre(monkeypatch):
+    from attrnet.data import images
+    requested: list[int] = []
+    real_resize = images.TF.resize
+
+    def spy(img, size, **kw):
+        requested.append(size[0] * size[1])
+        return real_resize(img, size, **kw)
+
+    monkeypatch.setattr(images.TF, "resize", spy)
+    strip = torch.arange(20_000, dtype=torch.uint8).expand(3, 1, 20_000).contiguous()
+    out = resize_image(strip, (64, 64), "crop")
+    assert tuple(out.shape) == (3, 64, 64)
+    assert max(requested) <= 8 * 64 * 64  # scaling the whole strip would ask for 64 x 1,280,000
+    # an ordinary photo is cropped exactly as before
+    photo = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8)
+    expected = images.TF.center_crop(real_resize(photo, [16, 21], antialias=True), [16, 16])
+    assert torch.equal(resize_image(photo, (16, 16), "crop"), expected)
 
 
 # --- the seeded split when a format has no partition ---------------------------------------------------------

@@ -257,6 +257,21 @@ def test_awa2_errors(awa2_root: Path, tmp_path: Path) -> None:
         read_awa2(ok, val_fraction=1.5)
 
 
+def test_awa2_text_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    root = _write_awa2(tmp_path / "awa")
+    classes = root / "classes.txt"
+    lines = classes.read_bytes().split(b"\n")
+    lines[2] = lines[2] + b"\xe9"  # a Latin-1 byte on line 3
+    classes.write_bytes(b"\n".join(lines))
+    with pytest.raises(AttrnetError) as exc:
+        read_awa2(root)
+    assert f"{classes}:3: byte 0xe9 is not UTF-8 text" in str(exc.value)
+    classes.write_bytes(b"\n".join(lines).replace(b"\xe9", b""))
+    (root / "testclasses.txt").write_bytes("killer+whale\r\n\xff\r\n".encode("latin-1"))
+    with pytest.raises(AttrnetError, match=r"testclasses.txt:2: byte 0xff is not UTF-8 text"):
+        read_awa2(root)
+
+
 # ---------------------------------------------------------------- groups
 
 def test_validate_groups_exact_membership() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attrnet.data.formats import read_label_text
 from attrnet.data.groups import AWA2_GROUPS, restrict_groups
 from attrnet.data.table import TEST, TRAIN, VAL, AttributeTable
 from attrnet.errors import AttrnetError
@@ -27,7 +28,7 @@ def _read_index_file(path: Path, what: str) -> list[str]:
     if not path.is_file():
         raise AttrnetError(f"missing AwA2 {what} file {path}")
     names: list[str] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_label_text(path).split("\n"), 1):
         parts = line.split()
         if not parts:
             continue
@@ -49,7 +50,7 @@ def _read_class_list(path: Path, classes: list[str]) -> list[str]:
     if not path.is_file():
         raise AttrnetError(f"missing AwA2 class list {path} (needed for split='classes'; "
                            f"use split='random' without it)")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [line.strip() for line in read_label_text(path).split("\n") if line.strip()]
     unknown = [n for n in names if n not in classes]
     if unknown:
         raise AttrnetError(f"{path} names class(es) not in classes.txt: {', '.join(unknown)}")

@@ -28,7 +28,7 @@ from attrnet.data.images import load_image
 from attrnet.errors import AttrnetError
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: PNG/GIF/WebP through PIL (grey and 16-bit PNGs, GIF frames), crop of extreme strips
 # A build's temporary folder, ".<key>.<pid>.tmp" (see CacheBuild), and the file in it that says where that
 # pid is meaningful (see _pid_space).
 _BUILD_FOLDER = re.compile(r"\.(?P<key>[0-9a-f]{24})\.(?P<pid>[0-9]+)\.tmp")
