@@ -132,7 +132,8 @@ def test_a_text_file_is_not_a_checkpoint(run_cli, tmp_path, csv_run, command):
 def test_missing_checkpoint_and_empty_run_folder(run_cli, tmp_path, csv_run, command):
     args = ["--data", csv_run["data"]] if command == "evaluate" else [csv_run["data"]]
     code, _, err = run_cli([command, tmp_path / "missing.pt"] + args)
-    assert "checkpoint not found" in _one_error_line(code, err)
+    line = _one_error_line(code, err)
+    assert ("checkpoint not found" if command == "evaluate" else "model not found") in line
     (tmp_path / "emptyrun").mkdir()
     code, _, err = run_cli([command, tmp_path / "emptyrun"] + args)
     assert "no checkpoints/best.pt" in _one_error_line(code, err)
@@ -282,13 +283,12 @@ def test_evaluate_and_predict_with_flip_tta(run_cli, tmp_path, csv_run):
     assert plain["tta"] == "none" and flip["tta"] == "flip"
     assert 0 <= flip["mean_accuracy"] <= 1
     # predict: the flip probabilities are those of the image and of its mirror image, averaged (in logits)
-    from attrnet.predict import Predictor
-    p_none = Predictor.from_checkpoint(csv_run["run"], "cpu", tta="none")
-    p_flip = Predictor.from_checkpoint(csv_run["run"], "cpu", tta="flip")
+    from attrnet.inference import load_model
+    p_none = load_model(csv_run["run"], "cpu", tta="none", precision="fp32")
+    p_flip = load_model(csv_run["run"], "cpu", tta="flip", precision="fp32")
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    logit = torch.logit
-    expected = torch.sigmoid((logit(p_none.predict_tensor(x)) + logit(p_none.predict_tensor(x.flip(-1)))) / 2)
-    torch.testing.assert_close(p_flip.predict_tensor(x), expected, rtol=1e-4, atol=1e-5)
+    expected = (p_none.logits(x) + p_none.logits(x.flip(-1))) / 2
+    torch.testing.assert_close(p_flip.logits(x), expected, rtol=1e-5, atol=1e-5)
     code, _, err = run_cli(["predict", csv_run["run"], csv_run["data"], "--tta", "flip", "--device", "cpu",
                             "--out", tmp_path / "p.csv"])
     assert code == 0 and (tmp_path / "p.csv").read_text().count("\n") == len(csv_run["rows"]) + 1

@@ -9,7 +9,8 @@ import torchvision
 from attrnet.config import ModelConfig
 from attrnet.errors import AttrnetError
 from attrnet.models.backbones import create_backbone
-from attrnet.models.build import build_model, tta_average
+from attrnet.inference.tta import tta_average
+from attrnet.models.build import build_model
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_missing_or_foreign_weights_file_is_an_error(tmp_path):
     torch.save({"something.else": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(AttrnetError, match="does not fit this backbone"):
         create_backbone("resnet18", pretrained=str(tmp_path / "other.pth"))
-    with pytest.raises(AttrnetError, match="unknown model.backbone"):
+    with pytest.raises(AttrnetError, match="model.backbone: unknown backbone 'resnet7'"):
         create_backbone("resnet7")
 
 
@@ -92,28 +93,41 @@ def test_trunk_has_dropout_in_train_mode_only():
     assert torch.equal(model.trunk(feats), model.trunk(feats))
 
 
-def test_flip_tta_averages_the_image_and_its_mirror_in_eval_mode_only():
+def test_flip_tta_averages_the_image_and_its_mirror_outside_the_network():
     torch.manual_seed(0)
     plain = build_model(ModelConfig(), 5, 3).eval()
-    tta = build_model(ModelConfig(tta="flip"), 5, 3)
-    tta.load_state_dict(plain.state_dict())
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         expected = (plain(x) + plain(x.flip(-1))) / 2
-        torch.testing.assert_close(tta.eval()(x), expected, rtol=1e-5, atol=1e-5)
-        assert not torch.allclose(tta(x), plain(x), atol=1e-4)  # the mirror image does change the logits
+        averaged = tta_average(plain, x, "flip")
+        torch.testing.assert_close(averaged, expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(averaged, plain(x), atol=1e-4)  # the mirror image does change the logits
         # an image that is its own mirror image gets the plain logits
         sym = torch.cat([x[..., :16], x[..., :16].flip(-1)], dim=-1)
-        torch.testing.assert_close(tta(sym), plain(sym), rtol=1e-5, atol=1e-5)
-    # Training sees the batch once, as it is: in train mode the output is the plain forward's, bit for bit
-    # (the same modules, the same BatchNorm batch statistics), not the average over the mirror images, which
-    # in train mode would also change the batch statistics (one batch of 2B images).
-    tta.train()
+        torch.testing.assert_close(tta_average(plain, sym, "flip"), plain(sym), rtol=1e-5, atol=1e-5)
+    # model.tta is not part of the network any more: the same seed gives the same weights and, in train mode,
+    # the same output bit for bit (training sees each batch once, as it is)
+    torch.manual_seed(0)
+    with_tta = build_model(ModelConfig(tta="flip"), 5, 3).train()
     plain.train()
-    a = tta(x)
-    torch.testing.assert_close(a, plain(x), rtol=0, atol=0)
-    averaged = tta_average(plain, x, "flip")
-    assert (a - averaged).abs().max() > 0.1  # measured 1.6: the exact check above tells the two apart
+    torch.testing.assert_close(with_tta(x), plain(x), rtol=0, atol=0)
+
+
+def test_batch_logits_is_normalise_then_tta_of_the_network():
+    from attrnet.data.augment import normalize
+    from attrnet.inference.forward import batch_logits, make_normalize
+
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(), 4, 3).eval()
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = (net(normalize(x)) + net(normalize(x.flip(-1)))) / 2
+    got = batch_logits(net, x, make_normalize(None, 3), None, "flip")
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # the inference normalisation is training's arithmetic exactly (ImageNet statistics, grey too)
+    for channels in (1, 3):
+        img = torch.randint(0, 256, (2, channels, 8, 8), dtype=torch.uint8)
+        assert torch.equal(make_normalize(None, channels)(img), normalize(img))
 
 
 def _moved(x, oy, ox):
@@ -127,21 +141,18 @@ def _moved(x, oy, ox):
 def test_flip_shift_tta_is_the_mean_over_ten_views():
     torch.manual_seed(0)
     plain = build_model(ModelConfig(), 4, 3).eval()
-    tta = build_model(ModelConfig(tta="flip_shift"), 4, 3).eval()
-    tta.load_state_dict(plain.state_dict())
     x = torch.rand(2, 3, 48, 32)   # moves of 1/16: 3 rows, 2 columns
     moves = [(0, 0), (3, 0), (-3, 0), (0, 2), (0, -2)]
     with torch.no_grad():
         views = [_moved(v, oy, ox) for v in (x, x.flip(-1)) for oy, ox in moves]
         expected = sum(plain(v) for v in views) / 10
-        torch.testing.assert_close(tta(x), expected, rtol=1e-5, atol=1e-5)
-        flip = build_model(ModelConfig(tta="flip"), 4, 3).eval()
-        flip.load_state_dict(plain.state_dict())
-        assert not torch.allclose(tta(x), flip(x), atol=1e-4)  # the moved views do count
+        shifted = tta_average(plain, x, "flip_shift")
+        torch.testing.assert_close(shifted, expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(shifted, tta_average(plain, x, "flip"), atol=1e-4)  # the moved views count
         flat = torch.full((1, 3, 48, 32), 0.3)                 # every view of a flat image is the image
-        torch.testing.assert_close(tta(flat), plain(flat), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tta_average(plain, flat, "flip_shift"), plain(flat), rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_tta_is_an_error():
     with pytest.raises(AttrnetError, match="unknown test-time augmentation 'rot'; valid: none, flip, flip_shift"):
-        build_model(ModelConfig(tta="rot"), 2, 3)
+        tta_average(lambda b: b, torch.zeros(1, 3, 8, 8), "rot")

@@ -18,7 +18,7 @@ import torch
 
 from attrnet import model_file
 from attrnet.cli import main
-from attrnet.engine.checkpoint import KIND_LATENT_TASK, load_checkpoint, model_from_checkpoint
+from attrnet.inference.checkpoint import KIND_LATENT_TASK, load_checkpoint, network_from_checkpoint
 from attrnet.config import config_from_dict
 from attrnet.errors import AttrnetError
 from attrnet.models.build import build_model
@@ -94,7 +94,7 @@ def _latent_run(tmp_path: Path, csv_run) -> Path:
 
 
 def test_the_hand_made_latent_run_loads(tmp_path, csv_run):
-    net = model_from_checkpoint(load_checkpoint(_latent_run(tmp_path, csv_run)))
+    net = network_from_checkpoint(load_checkpoint(_latent_run(tmp_path, csv_run)))
     assert net(torch.zeros(2, 3, 16, 16)).shape == (2, 2)
 
 
@@ -106,7 +106,7 @@ def test_mtl_loaders_refuse_a_payload(tmp_path, csv_run, poisoned):
     obj["extra"] = Payload(marker)
     torch.save(obj, run / poisoned)
     with pytest.raises(AttrnetError, match="refused"):
-        model_from_checkpoint(load_checkpoint(run))
+        network_from_checkpoint(load_checkpoint(run))
     assert not marker.exists()
 
 

@@ -1,4 +1,8 @@
-"""Predictor: a trained checkpoint turned into per-attribute probabilities and 0/1 decisions."""
+"""Predicting folders of image files with an attrnet.inference.AttributeModel, to CSV, JSON or a table.
+
+Files are decoded by DataLoader workers on the CPU (or as raw bytes handed to the GPU's JPEG decoder when
+the model runs on CUDA); everything after the pixels is the inference package's own forward path.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from attrnet import atomic
-from attrnet.data.augment import normalize
 from attrnet.data.images import load_image, resize_image, resize_images
-from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from attrnet.engine.setup import resolve_device
 from attrnet.errors import AttrnetError
-from attrnet.models.build import AttributeNet
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -53,7 +53,7 @@ class _Files(Dataset):
                 # thousands of small tensors would each need a shared-memory file descriptor.
                 return i, np.fromfile(self.paths[i], dtype=np.uint8), True
             return i, load_image(self.paths[i], self.size, self.grayscale, self.resize), True
-        except Exception:
+        except Exception:  # noqa: BLE001 - any unreadable file is reported, never fatal
             return i, None, False
 
 
@@ -61,86 +61,57 @@ def _collate(items):
     return items
 
 
-class Predictor:
-    """`Predictor.from_checkpoint(path).predict(paths)` -> probabilities [N, M]."""
-
-    def __init__(self, model: AttributeNet, attributes: list[str], thresholds: np.ndarray,
-                 image_size: tuple[int, int], grayscale: bool, resize: str, device: torch.device):
-        self.model = model.to(device).eval()
-        self.attributes, self.thresholds = attributes, np.asarray(thresholds, dtype=np.float64)
-        self.image_size, self.grayscale, self.resize, self.device = image_size, grayscale, resize, device
-        self.bf16 = device.type == "cuda"
-        if self.bf16:
-            self.model = self.model.to(memory_format=torch.channels_last)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: str | None = None) -> "Predictor":
-        """tta: none | flip | flip_shift overrides the run's test-time augmentation (None keeps it)."""
-        ckpt = load_checkpoint(path)
-        names = list(ckpt["attributes"])
-        model = model_from_checkpoint(ckpt, tta)
-        thresholds = np.asarray(ckpt.get("thresholds") or [0.5] * len(names))
-        return cls(model, names, thresholds, tuple(ckpt["image_size"]), ckpt["grayscale"],
-                   ckpt.get("resize", "squash"), resolve_device(device))
-
-    @torch.no_grad()
-    def predict_tensor(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """Probabilities for a uint8 batch [B, C, H, W] already at the model's size."""
-        x = normalize(images_uint8.to(self.device, non_blocking=True), channels_last=self.bf16)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return torch.sigmoid(self.model(x).float())
-
-    def iter_predict(self, paths: list[Path], batch_size: int = 256,
-                     workers: int = 0) -> Iterator[tuple[list[Path], np.ndarray, list[Path]]]:
-        """Yield (paths, probabilities, unreadable paths) batch by batch, in input order."""
-        gpu_decode = self.device.type == "cuda" and not self.grayscale
-        workers = workers or min(8, os.cpu_count() or 1)
-        loader = DataLoader(_Files(paths, self.image_size, self.grayscale, self.resize, gpu_decode),
-                            batch_size=batch_size, num_workers=workers if len(paths) > batch_size else 0,
-                            collate_fn=_collate)
-        for items in loader:
-            good = [(i, t) for i, t, ok in items if ok]
-            bad = [paths[i] for i, _, ok in items if not ok]
-            if gpu_decode and good:
-                good, more_bad = self._decode_on_gpu([(i, torch.from_numpy(t)) for i, t in good])
-                bad += [paths[i] for i in more_bad]
-            if not good:
-                yield [], np.zeros((0, len(self.attributes))), bad
-                continue
-            batch = torch.stack([t for _, t in good])
-            yield [paths[i] for i, _ in good], self.predict_tensor(batch).cpu().numpy(), bad
-
-    def _decode_on_gpu(self, items):
-        """Batched nvjpeg decode, then resize on the GPU; files nvjpeg refuses fall back to the CPU."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-        ok, bad = [], []
-        jpegs = [(i, t) for i, t in items if t[:2].tolist() == [0xFF, 0xD8]]
-        others = [(i, t) for i, t in items if t[:2].tolist() != [0xFF, 0xD8]]
-        if jpegs:
-            try:
-                decoded = decode_jpeg([t for _, t in jpegs], mode=ImageReadMode.RGB, device=self.device)
-                resized = resize_images(decoded, self.image_size, self.resize)
-                ok += [(i, img) for (i, _), img in zip(jpegs, resized)]
-            except RuntimeError:
-                others += jpegs
-        for i, data in others:
-            try:
-                from torchvision.io import decode_image
-                img = decode_image(data, mode=ImageReadMode.RGB)
-                ok.append((i, resize_image(img, self.image_size, self.resize).to(self.device)))
-            except Exception:
-                bad.append(i)
-        return ok, bad
-
-    def decisions(self, probs: np.ndarray) -> np.ndarray:
-        return (probs >= self.thresholds).astype(np.int64)
+def iter_files(model, paths: list[Path], batch_size: int = 256,
+               workers: int = 0) -> Iterator[tuple[list[Path], np.ndarray, list[Path]]]:
+    """Yield (paths, probabilities, unreadable paths) batch by batch, in input order."""
+    info = model.info
+    gpu_decode = getattr(model, "device", torch.device("cpu")).type == "cuda" and not info.grayscale
+    workers = workers or min(8, os.cpu_count() or 1)
+    loader = DataLoader(_Files(paths, info.image_size, info.grayscale, info.resize, gpu_decode),
+                        batch_size=batch_size, num_workers=workers if len(paths) > batch_size else 0,
+                        collate_fn=_collate)
+    for items in loader:
+        good = [(i, t) for i, t, ok in items if ok]
+        bad = [paths[i] for i, _, ok in items if not ok]
+        if gpu_decode and good:
+            good, more_bad = _decode_on_gpu([(i, torch.from_numpy(t)) for i, t in good], info, model.device)
+            bad += [paths[i] for i in more_bad]
+        if not good:
+            yield [], np.zeros((0, len(info.attributes))), bad
+            continue
+        batch = torch.stack([t for _, t in good])
+        yield [paths[i] for i, _ in good], model.probabilities(batch), bad
 
 
-def predict_to_file(predictor: Predictor, inputs: list[str], out: str | Path | None,
+def _decode_on_gpu(items, info, device):
+    """Batched nvjpeg decode, then resize on the GPU; files nvjpeg refuses fall back to the CPU."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from attrnet.data.images import decode_image_bytes
+    ok, bad = [], []
+    jpegs = [(i, t) for i, t in items if t[:2].tolist() == [0xFF, 0xD8]]
+    others = [(i, t) for i, t in items if t[:2].tolist() != [0xFF, 0xD8]]
+    if jpegs:
+        try:
+            decoded = decode_jpeg([t for _, t in jpegs], mode=ImageReadMode.RGB, device=device)
+            resized = resize_images(decoded, info.image_size, info.resize)
+            ok += [(i, img) for (i, _), img in zip(jpegs, resized)]
+        except RuntimeError:
+            others += jpegs
+    for i, data in others:  # the CPU decoder that checks headers (torchvision's PNG decoder can crash)
+        try:
+            img = decode_image_bytes(data.numpy().tobytes(), info.grayscale)
+            ok.append((i, resize_image(img, info.image_size, info.resize).to(device)))
+        except AttrnetError:
+            bad.append(i)
+    return ok, bad
+
+
+def predict_to_file(model, inputs: list[str], out: str | Path | None,
                     batch_size: int = 256) -> tuple[int, list[Path], list[dict]]:
     """Predict every image; write CSV (streamed) or JSON; returns (count, unreadable, rows if no file)."""
     paths = find_images(inputs)
-    names = predictor.attributes
+    names = model.attributes
     rows: list[dict] = []
     bad_all: list[Path] = []
     n = 0
@@ -153,9 +124,9 @@ def predict_to_file(predictor: Predictor, inputs: list[str], out: str | Path | N
         writer = csv.writer(fh) if fh else None
         if writer:
             writer.writerow(["image"] + [f"{a}_prob" for a in names] + names)
-        for batch_paths, probs, bad in predictor.iter_predict(paths, batch_size):
+        for batch_paths, probs, bad in iter_files(model, paths, batch_size):
             bad_all += bad
-            dec = predictor.decisions(probs)
+            dec = model.decisions(probs)
             for p, pr, d in zip(batch_paths, probs, dec):
                 n += 1
                 if writer:
@@ -168,6 +139,6 @@ def predict_to_file(predictor: Predictor, inputs: list[str], out: str | Path | N
         if n == 0:  # raised inside the atomic write: no empty output file replaces anything
             raise AttrnetError(f"none of the {len(paths)} image(s) could be read, e.g. {bad_all[0]}")
         if out is not None and not use_csv:
-            Path(tmp).write_text(json.dumps({"attributes": names, "thresholds": predictor.thresholds.tolist(),
+            Path(tmp).write_text(json.dumps({"attributes": names, "thresholds": model.thresholds.tolist(),
                                              "images": rows, "unreadable": [str(b) for b in bad_all]}, indent=1))
     return n, bad_all, rows

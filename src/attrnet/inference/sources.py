@@ -1,0 +1,185 @@
+"""Where a trained model can come from, read into (network, ModelInfo): a run folder, a checkpoint file, an
+exported Hugging Face-style folder (config.json + model.safetensors), or a Hub repo id of such a folder."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch.nn as nn
+
+from attrnet.errors import AttrnetError
+from attrnet.inference.checkpoint import (KIND_ATTRIBUTE_NET, KIND_LATENT_TASK, checkpoint_config, load_checkpoint,
+                                          network_from_checkpoint)
+from attrnet.inference.forward import IMAGENET_NORMALIZATION
+
+HUB_CONFIG = "config.json"
+HUB_WEIGHTS = "model.safetensors"
+HUB_FORMAT = 1
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class ModelInfo:
+    """Everything about a trained model besides its weights: what it predicts and how it reads an image."""
+
+    kind: str
+    attributes: list[str]
+    thresholds: np.ndarray
+    image_size: tuple[int, int]
+    grayscale: bool
+    resize: str
+    normalization: dict
+    tta: str                       # the run's own test-time augmentation (model.tta)
+    config: dict                   # the run's resolved config
+    groups: dict | None = None
+    metrics: dict | None = None    # the run's test metrics (metrics.json), when known
+    source: str = ""
+    latent: dict = field(default_factory=dict)  # latent_task only: {"features": "shared" | "per_attribute"}
+
+    def to_json(self) -> dict:
+        """The JSON form written into exported folders and ONNX sidecars (and read back by from_json)."""
+        return {"library_name": "attrnet", "attrnet_format": HUB_FORMAT, "kind": self.kind,
+                "attributes": list(self.attributes), "thresholds": [float(t) for t in self.thresholds],
+                "groups": self.groups, "tta": self.tta, "latent": self.latent,
+                "preprocessing": {"image_size": list(self.image_size), "grayscale": self.grayscale,
+                                  "color_mode": "L" if self.grayscale else "RGB", "resize": self.resize,
+                                  "interpolation": self.normalization.get("interpolation", "bilinear"),
+                                  "mean": list(self.normalization["mean"]), "std": list(self.normalization["std"]),
+                                  "input": "uint8 [batch, channels, height, width], values 0-255"},
+                "config": self.config, "metrics": self.metrics}
+
+    @classmethod
+    def from_json(cls, obj: dict, source: str) -> "ModelInfo":
+        try:
+            pre = obj["preprocessing"]
+            return cls(kind=obj["kind"], attributes=list(obj["attributes"]),
+                       thresholds=np.asarray(obj["thresholds"], dtype=np.float64),
+                       image_size=tuple(pre["image_size"]), grayscale=bool(pre["grayscale"]), resize=pre["resize"],
+                       normalization={"mean": pre["mean"], "std": pre["std"],
+                                      "interpolation": pre.get("interpolation", "bilinear")},
+                       tta=obj.get("tta", "none"), config=obj["config"], groups=obj.get("groups"),
+                       metrics=obj.get("metrics"), source=source, latent=obj.get("latent") or {})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AttrnetError(f"{source}: not an attrnet model description (missing or bad {exc})") from None
+
+
+def read_model(source: str | Path) -> tuple[nn.Module, ModelInfo]:
+    """The network (eval mode, on the CPU) and its description, from any of the places a model can be."""
+    path = Path(source)
+    if path.is_dir() and (path / HUB_CONFIG).is_file():
+        return read_hub_folder(path)
+    if path.exists():
+        return read_checkpoint(path)
+    if isinstance(source, str) and _REPO_ID.match(source):
+        return read_hub_folder(download_hub_repo(source))
+    raise AttrnetError(f"model not found: {source} (give a run folder, a checkpoint .pt, an exported folder "
+                       f"or a Hugging Face Hub repo id such as user/attrnet-celeba)")
+
+
+def read_checkpoint(path: str | Path) -> tuple[nn.Module, ModelInfo]:
+    ckpt = load_checkpoint(path)
+    net = network_from_checkpoint(ckpt)
+    return net, info_from_checkpoint(ckpt)
+
+
+def info_from_checkpoint(ckpt: dict) -> ModelInfo:
+    cfg = checkpoint_config(ckpt)
+    names = list(ckpt["attributes"])
+    path = Path(ckpt["path"])
+    run_dir = path.parent if ckpt["kind"] == KIND_LATENT_TASK else path.parent.parent
+    return ModelInfo(kind=ckpt["kind"], attributes=names,
+                     thresholds=np.asarray(ckpt.get("thresholds") or [0.5] * len(names), dtype=np.float64),
+                     image_size=tuple(ckpt.get("image_size") or cfg.image_hw()),
+                     grayscale=bool(ckpt.get("grayscale", cfg.data.grayscale)),
+                     resize=ckpt.get("resize") or cfg.data.resize,
+                     normalization=dict(ckpt.get("normalization") or IMAGENET_NORMALIZATION),
+                     tta=cfg.model.tta, config=cfg.to_dict(), groups=ckpt.get("groups"),
+                     metrics=_run_metrics(run_dir), source=str(path),
+                     latent={"features": ckpt.get("features", "shared")} if ckpt["kind"] == KIND_LATENT_TASK else {})
+
+
+def _run_metrics(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_hub_folder(folder: Path) -> tuple[nn.Module, ModelInfo]:
+    """An exported folder: config.json (what and how) + model.safetensors (weights only, no pickle)."""
+    try:
+        obj = json.loads((folder / HUB_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AttrnetError(f"{folder / HUB_CONFIG}: not readable JSON ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("library_name") != "attrnet":
+        raise AttrnetError(f"{folder}: its config.json is not an attrnet model's (library_name is not attrnet)")
+    info = ModelInfo.from_json(obj, str(folder))
+    net = _empty_network(info, folder / HUB_WEIGHTS)
+    _load_safetensors(net, folder / HUB_WEIGHTS)
+    return net.eval(), info
+
+
+def _empty_network(info: ModelInfo, weights: Path) -> nn.Module:
+    """The architecture info describes, with placeholder weights of the stored shapes."""
+    import torch
+
+    from attrnet.config import config_from_dict
+    from attrnet.models.build import build_model
+
+    cfg = config_from_dict(info.config, f"{weights.parent / HUB_CONFIG} (config)")
+    cfg.model.pretrained = False
+    channels, m = 1 if info.grayscale else 3, len(info.attributes)
+    if info.kind == KIND_ATTRIBUTE_NET:
+        return build_model(cfg.model, m, channels)
+    if info.kind != KIND_LATENT_TASK:
+        raise AttrnetError(f"{weights.parent}: unknown kind of model {info.kind!r}")
+    from attrnet.mtl.model import LatentTaskNet
+
+    shared = info.latent.get("features", "shared") == "shared"
+    cnns = [build_model(cfg.model, m if shared else 1, channels) for _ in range(1 if shared else m)]
+    shapes = _stored_shapes(weights)
+    zeros = {k: torch.zeros(shapes[k]) for k in ("mean", "std", "W", "b") if k in shapes}
+    if len(zeros) != 4:
+        raise AttrnetError(f"{weights}: not a latent-task model's weights (no mean, std, W, b)")
+    return LatentTaskNet(cnns, zeros["mean"], zeros["std"], zeros["W"], zeros["b"])
+
+
+def _stored_shapes(path: Path) -> dict[str, list[int]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise AttrnetError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _load_safetensors(net: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(net, str(path), strict=False)
+    except Exception as exc:  # noqa: BLE001 - shape mismatches and format errors alike
+        raise AttrnetError(f"{path}: the weights do not fit the network config.json describes ({exc})") from None
+    if missing or unexpected:
+        raise AttrnetError(f"{path}: the weights do not fit the network config.json describes "
+                           f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+
+def download_hub_repo(repo_id: str) -> Path:
+    """A Hub repo's files in the local Hugging Face cache (downloaded once when online; offline, found in the
+    cache or an error that says so)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise AttrnetError(f"{repo_id} is not a local path, and reading a model from the Hugging Face Hub needs "
+                           f"huggingface_hub (pip install 'attrnet[hub]')") from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[HUB_CONFIG, HUB_WEIGHTS, "README.md"]))
+    except Exception as exc:  # noqa: BLE001 - network, auth and not-found errors of the hub client
+        raise AttrnetError(f"cannot get {repo_id} from the Hugging Face Hub ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None

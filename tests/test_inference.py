@@ -1,0 +1,168 @@
+"""The inference package: one forward path for evaluate and predict, the public API on every input type,
+exports (ONNX, Hub folder) that reproduce the PyTorch probabilities, and no training code imported."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attrnet.cli import main
+from attrnet.inference import load_model
+from attrnet.inference.forward import IMAGENET_NORMALIZATION
+
+REPO = Path(__file__).resolve().parents[1]
+onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
+
+
+def _files(csv_run) -> list[Path]:
+    return sorted(Path(csv_run["data"]).glob("*.jpg"))
+
+
+@pytest.fixture(scope="module", params=["attribute_net", "latent_task"])
+def run(request, csv_run, tmp_path_factory) -> Path:
+    """A plain run (csv_run), and an MTL run folder made from it: the paper's model on per-attribute CNNs."""
+    if request.param == "attribute_net":
+        return csv_run["run"]
+    from attrnet import model_file
+    from attrnet.config import config_from_dict
+    from attrnet.inference.checkpoint import KIND_LATENT_TASK, load_checkpoint
+    from attrnet.models.build import build_model
+
+    folder = tmp_path_factory.mktemp("latent")
+    best = load_checkpoint(csv_run["run"])
+    cfg = config_from_dict(best["config"])
+    cfg.model.pretrained = False
+    torch.manual_seed(0)
+    cnns = [build_model(cfg.model, 1, 3).eval() for _ in range(2)]
+    for cnn in cnns:  # BatchNorm statistics that are not the initial ones, so that eval mode matters
+        for bn in (m for m in cnn.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.1, 0.1)
+            bn.running_var.uniform_(0.5, 1.5)
+    stacked = {k: torch.stack([c.state_dict()[k] for c in cnns]) for k in cnns[0].state_dict()}
+    model_file.save_file(folder / "feature_cnns.pt", {"stacked_state": stacked, "attributes": best["attributes"]})
+    dim = cnns[0].features(torch.zeros(2, 3, 16, 16)).shape[1]
+    model_file.save_file(folder / "mtl_model.pt", {
+        "kind": KIND_LATENT_TASK, "L": torch.randn(dim, 2), "S": torch.randn(2, 2), "b": torch.tensor([0.1, -0.2]),
+        "attributes": best["attributes"], "feature_mean": torch.randn(2, dim) * 0.1,
+        "feature_std": torch.rand(2, dim) + 0.5, "features": "per_attribute", "config": best["config"],
+        "thresholds": [0.4, 0.6], "image_size": [16, 16], "grayscale": False, "resize": "squash"})
+    return folder
+
+
+def test_inference_imports_no_training_code():
+    """In a fresh interpreter: loading the inference package loads nothing of engine, the MTL pipeline or bench."""
+    code = ("import sys, attrnet.inference, attrnet.inference.export, attrnet.inference.onnx_model; "
+            "bad = [m for m in sys.modules if m.startswith(('attrnet.engine', 'attrnet.mtl.pipeline', "
+            "'attrnet.mtl.features', 'attrnet.mtl.cnns', 'attrnet.bench'))]; print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
+    sources = "\n".join(p.read_text() for p in (REPO / "src" / "attrnet" / "inference").glob("*.py"))
+    for forbidden in ("attrnet.engine", "attrnet.mtl.pipeline", "attrnet.mtl.features", "attrnet.mtl.cnns",
+                      "attrnet.bench"):
+        assert forbidden not in sources, forbidden
+
+
+def test_imagenet_statistics_match_training():
+    from attrnet.data.augment import IMAGENET_MEAN, IMAGENET_STD
+    assert tuple(IMAGENET_NORMALIZATION["mean"]) == IMAGENET_MEAN
+    assert tuple(IMAGENET_NORMALIZATION["std"]) == IMAGENET_STD
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_evaluate_and_predict_agree(run, tta):
+    """The probabilities behind evaluate's metrics are predict's for the same images, to 1e-6."""
+    from attrnet.config import config_from_dict
+    from attrnet.engine.evaluate import predict_probs
+    from attrnet.engine.setup import make_loader, prepare_data
+    from attrnet.inference.checkpoint import load_checkpoint, network_from_checkpoint
+    from attrnet.inference.forward import make_normalize
+    from attrnet.precision import Precision
+
+    ckpt = load_checkpoint(run)
+    cfg = config_from_dict(ckpt["config"])
+    data = prepare_data(cfg, progress=False)
+    idx = data.indices("all")
+    fp32 = Precision.resolve("fp32", False, torch.device("cpu"))
+    loader = make_loader(data.decoded.images, data, idx, 7, torch.device("cpu"), False)
+    evaluated, _ = predict_probs(network_from_checkpoint(ckpt), loader, fp32, tta=tta, normalize=make_normalize(None, 3))
+    model = load_model(run, "cpu", tta=tta, precision="fp32")
+    predicted = model.predict([data.table.image_dir / data.table.files[i] for i in idx], batch_size=5)
+    assert predicted.indices == list(range(len(idx))) and not predicted.failed
+    np.testing.assert_allclose(predicted.probabilities, evaluated, rtol=0, atol=1e-6)
+
+
+def test_predict_takes_paths_pil_bytes_arrays_and_tensors(csv_run):
+    model = load_model(csv_run["run"], "cpu", precision="fp32")
+    path = _files(csv_run)[0]
+    pil = Image.open(path)
+    inputs = [path, str(path), path.read_bytes(), pil, np.asarray(pil.convert("RGB")),
+              torch.from_numpy(np.asarray(pil.convert("RGB"))).permute(2, 0, 1).contiguous(), b"not an image"]
+    result = model.predict(inputs)
+    assert result.indices == [0, 1, 2, 3, 4, 5] and [i for i, _ in result.failed] == [6]
+    assert "cannot decode image" in result.failed[0][1]
+    for row in result.probabilities[1:]:
+        np.testing.assert_allclose(row, result.probabilities[0], rtol=0, atol=1e-6)
+    assert result.attributes == ["A", "B"]
+    assert np.array_equal(result.decisions, (result.probabilities >= result.thresholds).astype(int))
+    assert result.rows()[0]["A"]["decision"] == result.decisions[0, 0]
+
+
+def test_grey_from_rgb_tensor_matches_pil():
+    from attrnet.inference.preprocess import to_model_input
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    via_pil = to_model_input(Image.fromarray(rgb), (12, 10), True, "squash")
+    via_tensor = to_model_input(torch.from_numpy(rgb).permute(2, 0, 1), (12, 10), True, "squash")
+    assert torch.equal(via_pil, via_tensor)
+
+
+def _export(argv, capsys) -> int:
+    capsys.readouterr()
+    return main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_onnx_export_matches_pytorch(tmp_path, run, csv_run, capsys, tta):
+    out = tmp_path / "model.onnx"
+    assert _export(["export", run, "--format", "onnx", "--out", out, "--tta", tta], capsys) == 0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["attributes"] == ["A", "B"] and sidecar["tta"] == tta
+    assert sidecar["preprocessing"]["image_size"] == [16, 16] and sidecar["preprocessing"]["resize"] == "squash"
+    torch_model = load_model(run, "cpu", tta=tta, precision="fp32")
+    onnx_model = load_model(out, runtime="onnx")
+    files = _files(csv_run)
+    for batch in (1, 7):  # the batch dimension is dynamic
+        a = torch_model.predict(files, batch_size=batch).probabilities
+        b = onnx_model.predict(files, batch_size=batch).probabilities
+        assert np.abs(a - b).max() <= 1e-4
+    np.testing.assert_array_equal(onnx_model.thresholds, torch_model.thresholds)
+
+
+def test_hub_folder_reproduces_the_checkpoint_exactly(tmp_path, run, csv_run, capsys):
+    out = tmp_path / "hub"
+    assert _export(["export", run, "--format", "hub", "--out", out], capsys) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    files = _files(csv_run)
+    a = load_model(run, "cpu", precision="fp32").predict(files).probabilities
+    b = load_model(out, "cpu", precision="fp32").predict(files).probabilities
+    assert np.array_equal(a, b) and len(a) == len(files)
+    with open(out / "model.safetensors", "rb") as fh:  # weights only: a JSON header, then raw tensors
+        header_len = int.from_bytes(fh.read(8), "little")
+        assert json.loads(fh.read(header_len))  # no pickle anywhere
+    assert _export(["export", run, "--format", "hub", "--out", out], capsys) == 2  # never clobbered
+
+
+def test_predict_cli_reads_exports(tmp_path, csv_run, capsys):
+    out = tmp_path / "model.onnx"
+    assert _export(["export", csv_run["run"], "--format", "onnx", "--out", out], capsys) == 0
+    for model, extra in ((out, []), (csv_run["run"], ["--device", "cpu"])):
+        assert main(["predict", str(model), str(csv_run["data"]), "--out", str(tmp_path / "p.json"), *extra]) == 0
+        rows = json.loads((tmp_path / "p.json").read_text())["images"]
+        assert len(rows) == len(csv_run["rows"])
