@@ -59,3 +59,35 @@ def test_unknown_case_is_a_one_line_error(tmp_path, capsys):
     assert code != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown bench case(s) warp_speed" in err
+
+
+def test_precision_modes_times_four_modes_interleaved_and_repeated(tmp_path, monkeypatch):
+    """Called as run_bench with repeats=2 (the CLI's default is 3 on CPU): 32 images, two batches of 16."""
+    import argparse
+    import math
+
+    from attrnet.bench import run_bench
+
+    monkeypatch.setenv("ATTRNET_CPU_BF16", "0")  # a CPU without native bf16: auto must be plain fp32
+    args = argparse.Namespace(device="cpu", n=32, image_size=32, batch_size=16, attributes=3, backbone="resnet18",
+                              cases="precision_modes", data=None, workdir=str(tmp_path), repeats=2)
+    row, summary = list(run_bench(args))
+    assert "error" not in row, row
+    assert (row["repeats"], row["train_images"], row["predict_images"], row["predict_batch_size"]) == (2, 32, 32, 32)
+    assert (row["auto"], row["native_bf16"]) == ("fp32", False)
+    assert row["torch_threads"] >= 1 and row["peak_rss_mb"] > 50
+    modes = row["modes"]
+    assert list(modes) == ["fp32", "fp32+channels_last", "bf16", "bf16+channels_last"]
+    fp32 = modes["fp32"]["train_images_per_s"]["median"]
+    for name, m in modes.items():
+        for key in ("train_images_per_s", "predict_images_per_s", "train_images_per_cpu_s", "predict_images_per_cpu_s"):
+            s = m[key]
+            assert len(s["runs"]) == 2 and 0 < s["min"] <= s["median"] <= s["max"], (name, key, s)
+            assert s["median"] == pytest.approx(sum(s["runs"]) / 2, abs=0.11)  # median of two: their mean
+        assert m["train_over_fp32"] == pytest.approx(m["train_images_per_s"]["median"] / fp32, abs=0.011)
+        # the same seed, data and steps in every mode: the losses differ by rounding (bf16: 8-bit mantissa)
+        assert math.isfinite(m["timed_epoch_loss"])
+        assert m["timed_epoch_loss"] == pytest.approx(modes["fp32"]["timed_epoch_loss"], abs=0.05), name
+    assert {modes["fp32"][f"{w}_over_fp32"] for w in ("train", "predict", "train_cpu", "predict_cpu")} == {1.0}
+    assert summary["precision_auto"] == "fp32"
+    assert summary["precision_predict_over_fp32"] == {n: m["predict_over_fp32"] for n, m in modes.items()}

@@ -4,12 +4,16 @@ Cases, on one CelebA-layout folder of 178x218 JPEGs (CelebA's size) with 40 attr
   seed_loop             the original script's loop: one image per optimizer step, fp32, Adam, a BCE per attribute,
                         images pre-decoded into float tensors, loss.item() every step
   dataloader_eager      a plain batched loop: torch DataLoader (PIL decode + torchvision transforms per image,
-                        one worker per core), bf16 autocast + channels_last on GPU, fp32 on CPU; one epoch
+                        one worker per core), in attrnet's auto precision (attrnet.precision); one epoch
   attrnet_cold          attrnet's pipeline from nothing: decode into an empty cache, then the first epoch
   attrnet_warm          attrnet's epochs once the cache exists (after one untimed warm-up epoch)
   attrnet_warm_compile  the same with train.compile=true (CPU: only when named in --cases)
   attrnet_warm_ddp1     the same inside DistributedDataParallel with world size 1 (CUDA only): per-rank DDP cost
-  predict_folder        attrnet.predict.Predictor over the JPEG folder (nvjpeg on GPU, DataLoader workers on CPU)
+  predict_folder        attrnet predict's path (iter_files + inference.AttributeModel) over the JPEG folder (nvjpeg on
+                        GPU, DataLoader workers on CPU)
+  precision_modes       attrnet's training epoch and its prediction pass (validation, evaluate) from the cache in
+                        fp32, fp32 + channels_last, bf16 autocast, bf16 autocast + channels_last: interleaved,
+                        repeated (median, min, max), each against fp32; per wall second and per CPU second
   cache_memory          peak memory of building the decoded cache, in a subprocess of its own
 Every case uses the same network (attrnet's ResNet with one linear classifier per attribute), so the
 differences are the loops' and pipelines' alone.
@@ -32,20 +36,25 @@ from attrnet.errors import AttrnetError
 log = logging.getLogger(__name__)
 
 CASES = ("seed_loop", "dataloader_eager", "attrnet_cold", "attrnet_warm", "attrnet_warm_compile",
-         "attrnet_warm_ddp1", "predict_folder", "cache_memory")
+         "attrnet_warm_ddp1", "predict_folder", "precision_modes", "cache_memory")
 
 
 def _summary(rows: dict[str, dict], device: torch.device) -> dict | None:
+    out: dict = {"case": "summary", "device": str(device)}
     speed = {case: r["train_images_per_s"] for case, r in rows.items() if "train_images_per_s" in r}
-    if len(speed) < 2:
-        return None
-    out = {"case": "summary", "device": str(device), "train_images_per_s": speed}
-    seed, warm, ddp1 = speed.get("seed_loop"), speed.get("attrnet_warm"), speed.get("attrnet_warm_ddp1")
-    if seed and warm:
-        out["attrnet_warm_over_seed_loop"] = round(warm / seed, 1)
-    if warm and ddp1:
-        out["ddp1_overhead_pct"] = round(100 * (warm / ddp1 - 1), 1)
-    return out
+    if len(speed) >= 2:
+        out["train_images_per_s"] = speed
+        seed, warm, ddp1 = speed.get("seed_loop"), speed.get("attrnet_warm"), speed.get("attrnet_warm_ddp1")
+        if seed and warm:
+            out["attrnet_warm_over_seed_loop"] = round(warm / seed, 1)
+        if warm and ddp1:
+            out["ddp1_overhead_pct"] = round(100 * (warm / ddp1 - 1), 1)
+    modes = rows.get("precision_modes", {}).get("modes")
+    if modes:
+        out["precision_auto"] = rows["precision_modes"]["auto"]
+        for what in ("train", "predict", "train_cpu", "predict_cpu"):
+            out[f"precision_{what}_over_fp32"] = {m: r[f"{what}_over_fp32"] for m, r in modes.items()}
+    return out if len(out) > 2 else None
 
 
 def run_bench(args) -> Iterator[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import logging
@@ -23,8 +22,10 @@ import torch.nn as nn
 
 from attrnet.bench.folder import PilFolder, pil_transform
 from attrnet.bench.measure import MB, PeakMemory, clock, sync
+from attrnet.bench.precision_modes import mode_name, precision_modes
 from attrnet.config import Config, DataConfig, config_from_dict
 from attrnet.errors import AttrnetError
+from attrnet.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class Bench:
         self.backbone = args.backbone
         self.seed_steps = 200 if gpu else 20
         self.warm_epochs = 3 if gpu else 2
+        self.repeats = getattr(args, "repeats", 0) or (5 if gpu else 3)  # precision_modes
         self.explicit = set(args.cases.split(",")) if args.cases != "all" else set()
         table = read_table(DataConfig(root=str(root), format="celeba"))
         self.names = table.names[: args.attributes]
@@ -62,7 +64,9 @@ class Bench:
         self.trained_state = None   # the attrnet_warm model's weights, for predict_folder
         self.base = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if gpu else None,
                      "torch": torch.__version__, "backbone": self.backbone, "attributes": len(self.names),
-                     "image_size": self.image_size, "batch_size": self.batch_size, "cpu_cores": os.cpu_count()}
+                     "image_size": self.image_size, "batch_size": self.batch_size, "cpu_cores": os.cpu_count(),
+                     # compute threads: torch's intra-op pool (OMP_NUM_THREADS sets it; default one per core)
+                     "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
     # -- helpers
     def config(self, **train) -> Config:
@@ -160,17 +164,17 @@ class Bench:
                         pil_transform(self.image_size, flip=True))
         loader = torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=True, num_workers=workers,
                                              pin_memory=cuda, drop_last=len(ds) >= self.batch_size)
+        precision = Precision.from_config(self.config(), dev)  # train.precision=auto, as attrnet
         model = self.model()
-        if cuda:
+        if precision.channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = build_optimizer(model, self.config(), dev)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
         def step(x, y):
             x = x.to(dev, non_blocking=True)
-            if cuda:
+            if precision.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
+            with precision.autocast():
                 logits = model(x)
             loss = masked_bce(logits, y.to(dev, non_blocking=True))
             opt.zero_grad(set_to_none=True)
@@ -184,7 +188,7 @@ class Bench:
             step(x, y)
             steps, images = steps + 1, images + len(x)
         seconds = clock(dev) - t0
-        return {"precision": "bf16-autocast+channels_last" if cuda else "fp32", "num_workers": workers,
+        return {"precision": mode_name(precision), "num_workers": workers,
                 "steps": steps, "n_images": images, "seconds": round(seconds, 3),
                 "train_images_per_s": round(images / seconds, 1)}
 
@@ -213,8 +217,7 @@ class Bench:
 
     @staticmethod
     def _precision_name(t: dict) -> str:
-        p = t["precision"]
-        return ("bf16-autocast" if p.bf16 else "fp32") + ("+channels_last" if p.channels_last else "")
+        return mode_name(t["precision"])
 
     def attrnet_cold(self) -> dict:
         """As fit() starts on a new data set: the first epoch trains while the cache is decoded, each batch as
@@ -283,25 +286,35 @@ class Bench:
                     os.environ[k] = v
 
     def predict_folder(self) -> dict:
-        from attrnet.predict import Predictor
+        """attrnet predict's path: inference.AttributeModel (its precision rule) fed by predict.iter_files."""
+        from attrnet.inference.forward import IMAGENET_NORMALIZATION
+        from attrnet.inference.model import AttributeModel
+        from attrnet.inference.sources import ModelInfo
+        from attrnet.predict import iter_files
 
         table, dev = self.table, self.device
-        model = self.model()
+        net = self.model()
         if self.trained_state is not None:
-            model.load_state_dict(self.trained_state)
-        predictor = Predictor(model, list(self.names), np.full(len(self.names), 0.5),
-                              (self.image_size, self.image_size), False, "squash", dev)
+            net.load_state_dict(self.trained_state)
+        cfg = self.config()
+        info = ModelInfo(kind="attribute_net", attributes=list(self.names), thresholds=np.full(len(self.names), 0.5),
+                         image_size=cfg.image_hw(), grayscale=False, resize="squash",
+                         normalization=dict(IMAGENET_NORMALIZATION), tta="none", config=cfg.to_dict())
+        model = AttributeModel(net, info, dev, Precision.from_config(cfg, dev))
         paths = [table.image_dir / table.files[i] for i in self.train_idx]
-        for _ in predictor.iter_predict(paths[: self.batch_size], self.batch_size):
+        for _ in iter_files(model, paths[: self.batch_size], self.batch_size):
             pass  # untimed: nvjpeg and kernel set-up
         t0, n, bad = clock(dev), 0, 0
-        for done, probs, unreadable in predictor.iter_predict(paths, self.batch_size):
+        for done, probs, unreadable in iter_files(model, paths, self.batch_size):
             n, bad = n + len(done), bad + len(unreadable)
         seconds = clock(dev) - t0
-        return {"precision": "bf16-autocast+channels_last" if predictor.bf16 else "fp32",
+        return {"precision": mode_name(model.precision),
                 "decode": "nvjpeg (GPU)" if dev.type == "cuda" else "DataLoader workers (CPU)",
                 "trained_weights": self.trained_state is not None, "n_images": n, "unreadable": bad,
                 "seconds": round(seconds, 3), "predict_images_per_s": round(n / seconds, 1)}
+
+    def precision_modes(self) -> dict:
+        return precision_modes(self)
 
     def cache_memory(self) -> dict:
         """Decode into a fresh cache in a child process, so its peak memory is this build's alone."""
