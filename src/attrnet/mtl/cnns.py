@@ -27,11 +27,11 @@ import dataclasses
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
 from attrnet.config import Config
 from attrnet.errors import AttrnetError
+from attrnet.losses import attribute_bce, masked_bce
 from attrnet.models.build import build_model
 
 
@@ -41,17 +41,13 @@ def make_attribute_models(model_cfg, num_models: int, in_chans: int, seed: int =
     return [build_model(model_cfg, 1, in_chans) for _ in range(num_models)]
 
 
-def _per_model_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
-    """[M] masked BCE, model m's logits [M, B] against column m of targets [B, M] (unknown labels left out).
-
-    Row m equals ``losses.masked_bce(logits[m][:, None], targets[:, m:m+1], pos_weight[m:m+1])``.
-    """
-    t = targets.T
-    known = ~torch.isnan(t)
-    safe = torch.where(known, t, torch.zeros_like(t))
-    pw = None if pos_weight is None else pos_weight[:, None]
-    loss = F.binary_cross_entropy_with_logits(logits.float(), safe, pos_weight=pw, reduction="none")
-    return (loss * known).sum(1) / known.sum(1).clamp_min(1)
+def _per_model_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None,
+                   smoothing: float = 0.0) -> torch.Tensor:
+    """[M] masked BCE, model m's logits [M, B] against column m of targets [B, M] (unknown labels left out):
+    the per-attribute loss vector of attrnet.losses, the one every trainer uses (soft mixup targets, label
+    smoothing, pos_weight). Each model has its own loss; the models share no weights, so there is nothing to
+    balance: their sum gives each model exactly its own gradient."""
+    return attribute_bce(logits.T, targets, pos_weight, smoothing).per_attribute()
 
 
 def _optimizer(params: list[torch.Tensor], cfg: Config, device: torch.device, matrix_ndim: int = 2):
@@ -114,13 +110,13 @@ class BatchedCNNs:
         return self._run(x, False, False)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None = None,
-             autocast=None) -> torch.Tensor:
+             autocast=None, smoothing: float = 0.0) -> torch.Tensor:
         """One optimizer step of every model on (normalised x [B, C, H, W], labels y [B, M]); returns [M] losses."""
         if self.optimizer is None:
             raise AttrnetError("call setup_optimizer before step")
         with (autocast or _null()):
             logits = self.logits(x, train=True)
-        losses = _per_model_bce(logits, y, pos_weight)
+        losses = _per_model_bce(logits, y, pos_weight, smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # the sum: model m's gradient is exactly that of its own loss
         self.optimizer.step()
@@ -156,15 +152,13 @@ class SequentialCNNs:
             self.schedulers.append(_scheduler(opt, cfg, epochs, steps_per_epoch))
 
     def step(self, m: int, x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None = None,
-             autocast=None) -> torch.Tensor:
+             autocast=None, smoothing: float = 0.0) -> torch.Tensor:
         """One optimizer step of model m on its own column y[:, m]; returns its loss."""
-        from attrnet.losses import masked_bce
-
         model = self.models[m]
         model.train()
         with (autocast or _null()):
             logits = model(x)
-        loss = masked_bce(logits, y[:, m:m + 1], None if pos_weight is None else pos_weight[m:m + 1])
+        loss = masked_bce(logits, y[:, m:m + 1], None if pos_weight is None else pos_weight[m:m + 1], smoothing)
         opt = self.optimizers[m]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -196,10 +190,8 @@ class LoopCNNs(SequentialCNNs):
         self.optimizers, self.schedulers = [opt], [_scheduler(opt, cfg, epochs, steps_per_epoch)]
 
     def step(self, x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None = None,  # type: ignore[override]
-             autocast=None) -> torch.Tensor:
+             autocast=None, smoothing: float = 0.0) -> torch.Tensor:
         """One optimizer step of every model, each on its own column; returns [M] losses."""
-        from attrnet.losses import masked_bce
-
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         losses = []
@@ -207,7 +199,8 @@ class LoopCNNs(SequentialCNNs):
             model.train()
             with (autocast or _null()):
                 logits = model(x)
-            loss = masked_bce(logits, y[:, m:m + 1], None if pos_weight is None else pos_weight[m:m + 1])
+            loss = masked_bce(logits, y[:, m:m + 1], None if pos_weight is None else pos_weight[m:m + 1],
+                              smoothing)
             loss.backward()  # frees this model's activations before the next model runs
             losses.append(loss.detach())
         opt.step()
