@@ -49,18 +49,22 @@ def random_affine(x: torch.Tensor, flip: bool, shift: float, scale: float,
 
 
 @functools.lru_cache(maxsize=None)
-def _statistics(device: torch.device, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet mean and std as [C, 1, 1] tensors on `device`, made once: a tensor built from Python
-    numbers on a GPU is a blocking host-to-device copy, i.e. a host sync on every call."""
-    mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,)
-    std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,)
+def _statistics(device: torch.device, channels: int, mean: tuple = IMAGENET_MEAN,
+                std: tuple = IMAGENET_STD) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean and std as [C, 1, 1] tensors on `device`, made once: a tensor built from Python numbers on a GPU
+    is a blocking host-to-device copy, i.e. a host sync on every call. Grey images (one channel) get the
+    mean of the three channels' statistics."""
+    if channels != len(mean):
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
     return (torch.tensor(mean, device=device)[:, None, None] * 255.0,
             torch.tensor(std, device=device)[:, None, None] * 255.0)
 
 
-def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
-    """uint8 [B, C, H, W] -> float, scaled to [0, 1] and standardised with ImageNet statistics."""
-    mean, std = _statistics(x.device, x.shape[1])
+def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False,
+              mean=None, std=None) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float, scaled to [0, 1] and standardised with the backbone weights' mean and std
+    (RGB, 0-1 scale; a backbone's `normalization`), ImageNet's when not given."""
+    mean, std = _statistics(x.device, x.shape[1], tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD))
     out = (x.float() - mean) / std
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
