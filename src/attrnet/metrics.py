@@ -232,3 +232,31 @@ def group_metrics(per_attribute: Mapping[str, Mapping], groups: Mapping[str, Seq
         entry["attributes"] = list(names)
         out[str(group)] = entry
     return out
+
+
+def subgroup_metrics(probs: np.ndarray, labels: np.ndarray, names: Sequence[str],
+                     thresholds: float | Sequence[float] | np.ndarray, by_labels: np.ndarray,
+                     by_names: Sequence[str]) -> dict:
+    """Every metric of :func:`attribute_metrics`, separately for the images whose true label of each `by`
+    attribute is 1 and is 0 (images with that label unknown are in neither).
+
+    by_labels: float [N, K] (1.0, 0.0, NaN) of the K attributes named in by_names, same rows as labels.
+    Returns ``{by_name: {"1": metrics, "0": metrics, "accuracy_gap": {attribute: acc(1) - acc(0)}}}``
+    where each metrics dict is attribute_metrics' (with "mean_majority_accuracy" and per attribute
+    "majority_accuracy", the baseline inside that subgroup).
+    """
+    probs, labels = _check(probs, labels)
+    _, by_labels = _check(None, by_labels)
+    if by_labels.shape != (labels.shape[0], len(by_names)):
+        raise ValueError(f"by_labels shape {by_labels.shape} does not match {labels.shape[0]} rows x "
+                         f"{len(by_names)} subgroup attributes")
+    out: dict[str, dict] = {}
+    for k, by in enumerate(by_names):
+        entry: dict = {}
+        for value in (1, 0):
+            rows = by_labels[:, k] == value
+            entry[str(value)] = attribute_metrics(probs[rows], labels[rows], names, thresholds)
+        entry["accuracy_gap"] = {n: entry["1"]["attributes"][n]["accuracy"] - entry["0"]["attributes"][n]["accuracy"]
+                                 for n in names}
+        out[str(by)] = entry
+    return out

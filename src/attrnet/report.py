@@ -159,6 +159,31 @@ def format_table(metrics: Mapping, baseline: Mapping | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_subgroup_table(subgroups: Mapping[str, Mapping]) -> str:
+    """One fixed-width table per subgroup attribute (``metrics.subgroup_metrics``): each metric for the images
+    whose true label is 1 and is 0, and the accuracy gap (1 - 0), one row per attribute and a MEAN row."""
+    out: list[str] = []
+    for by, entry in subgroups.items():
+        one, zero = entry["1"], entry["0"]
+        out += ["", f"subgroups by the true label of {by}: {by}=1 ({one.get('n_images', 0)} images, majority "
+                    f"baseline {_fmt(one.get('mean_majority_accuracy'))}), {by}=0 ({zero.get('n_images', 0)} images, "
+                    f"majority baseline {_fmt(zero.get('mean_majority_accuracy'))})"]
+        header = ["attribute", "acc|1", "acc|0", "gap", "bal|1", "bal|0", "f1|1", "f1|0", "ap|1", "ap|0", "n|1", "n|0"]
+        rows = []
+        for name, a1 in one.get("attributes", {}).items():
+            a0 = zero["attributes"][name]
+            rows.append([name, a1.get("accuracy"), a0.get("accuracy"), _signed(_num(entry["accuracy_gap"][name])),
+                         a1.get("balanced_accuracy"), a0.get("balanced_accuracy"), a1.get("f1"), a0.get("f1"),
+                         a1.get("average_precision"), a0.get("average_precision"), a1.get("n_known"), a0.get("n_known")])
+        mean_gap = _num(one.get("mean_accuracy")) - _num(zero.get("mean_accuracy"))
+        footer = ["MEAN", one.get("mean_accuracy"), zero.get("mean_accuracy"), _signed(mean_gap),
+                  one.get("mean_balanced_accuracy"), zero.get("mean_balanced_accuracy"), one.get("mean_f1"),
+                  zero.get("mean_f1"), one.get("mean_average_precision"), zero.get("mean_average_precision"),
+                  one.get("n_images"), zero.get("n_images")]
+        out += _table(header, rows, footer)
+    return "\n".join(out).lstrip("\n")
+
+
 def _pyplot():
     import matplotlib
 
