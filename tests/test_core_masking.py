@@ -185,7 +185,7 @@ def test_fit_with_mixup_trains(tmp_path, monkeypatch):
     from attrnet.engine.train import fit
     from conftest import random_csv_rows, tiny_config, write_csv_folder
 
-    real_mixup, real_bce = train_mod.mixup, train_mod.masked_bce
+    real_mixup, real_bce = train_mod.mixup, train_mod.attribute_bce
     mixes, steps = [], []
 
     def spy_mixup(x, y, lam, perm):
@@ -193,14 +193,15 @@ def test_fit_with_mixup_trains(tmp_path, monkeypatch):
         mixes.append({"x": x.clone(), "y": y.clone(), "lam": lam, "perm": perm.clone(), "x_out": out[0].clone()})
         return out
 
-    def spy_bce(logits, targets, *args):
-        loss = real_bce(logits, targets, *args)
+    def spy_bce(logits, targets, *args):  # the training step's per-attribute losses; their mean is the loss
+        losses = real_bce(logits, targets, *args)
+        loss = losses.mean()
         if logits.requires_grad:  # a training step's loss; validation runs without gradients
             steps.append({"logits": logits.detach().clone(), "targets": targets.clone(), "loss": loss.item()})
-        return loss
+        return losses
 
     monkeypatch.setattr(train_mod, "mixup", spy_mixup)
-    monkeypatch.setattr(train_mod, "masked_bce", spy_bce)
+    monkeypatch.setattr(train_mod, "attribute_bce", spy_bce)
     data = write_csv_folder(tmp_path / "d", ["image", "A", "B"], random_csv_rows(12, ["A", "B"]))
     cfg = tiny_config(tmp_path / "c", data__root=data, data__format="csv", train__mixup=0.4, train__epochs=2)
     fit(cfg, tmp_path / "run", progress=False)

@@ -413,7 +413,7 @@ def test_evaluate_and_predict_take_an_mtl_run_folder(synth_root: Path, cache_dir
                                                     features: str) -> None:
     """The run folder's network reproduces the pipeline's own test figures and scores, image by image."""
     from attrnet.engine.evaluate import evaluate_checkpoint
-    from attrnet.predict import Predictor
+    from attrnet.inference import load_model
 
     extra = {"models_per_pass": 4, "per_attribute_training": "loop"} if features == "per_attribute" else {}
     cfg = synth_config(synth_root, cache_dir, features=features, thresholds="tuned", **extra)
@@ -433,7 +433,7 @@ def test_evaluate_and_predict_take_an_mtl_run_folder(synth_root: Path, cache_dir
     z = (saved - mtl["feature_mean"][..., None, :]) / mtl["feature_std"][..., None, :]
     expected = torch.sigmoid(decision_function(z.double(), mtl["L"].double(), mtl["S"].double(),
                                                mtl["b"].double())).float()
-    predictor = Predictor.from_checkpoint(run, "cpu")
+    model = load_model(run, "cpu", precision="fp32")
     files = sorted((synth_root / "img_align_celeba").glob("*.jpg"))[:5]
-    probs = np.concatenate([p for _, p, _ in predictor.iter_predict(files, batch_size=4)])
+    probs = model.predict(files, batch_size=4).probabilities
     np.testing.assert_allclose(probs, expected[:5].numpy(), atol=1e-4)

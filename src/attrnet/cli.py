@@ -60,17 +60,29 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=_count(1), default=512)
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's model.tta)")
+    p.add_argument("--by", type=_names, help="comma-separated attributes of the data, e.g. Male,Young: every metric "
+                                             "also for the images whose true label of each is 1 and is 0")
+
+
+def _names(text: str) -> list[str]:
+    """An argparse type: comma-separated names, none empty."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated attribute names, got {text!r}")
+    return names
 
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="predict attributes of images or folders",
                        description="Per-attribute probability and 0/1 decision for each image.")
-    p.add_argument("checkpoint", help="a run folder or a .pt checkpoint")
+    p.add_argument("checkpoint", metavar="MODEL", help="a run folder, a .pt checkpoint, an exported folder or .onnx file, or a Hub repo id")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--out", help="FILE.csv or FILE.json (default: a table on standard output)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=_count(1), default=256)
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's model.tta)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="torch, or onnx: ONNX Runtime on the CPU (MODEL: an exported .onnx file; default torch)")
 
 
 def _add_data(sub) -> None:
@@ -112,6 +124,19 @@ def _add_bench(sub) -> None:
     p.add_argument("--workdir", default=None, help="where to write synthetic data and the cache")
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a trained model to ONNX or a Hugging Face-style folder",
+                       description="onnx: one graph from uint8 images [N, C, H, W] to probabilities, normalisation "
+                                   "inside, with a .json sidecar (attributes, thresholds, size, colour, resize). "
+                                   "hub: config.json + model.safetensors + README.md, readable by attrnet "
+                                   "predict/serve offline and uploadable to the Hugging Face Hub.")
+    p.add_argument("model", metavar="MODEL", help="a run folder or a .pt checkpoint")
+    p.add_argument("--format", required=True, choices=["onnx", "hub"])
+    p.add_argument("--out", required=True, help="model.onnx (onnx) or a new folder (hub)")
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation to bake in (onnx: none or flip; "
+                                                    "default: the run's for hub, none for onnx)")
+
+
 def _add_checkpoint(sub) -> None:
     p = sub.add_parser("checkpoint", help="convert an older attrnet checkpoint to the safe, weights-only form")
     csub = p.add_subparsers(dest="checkpoint_command", metavar="{upgrade}", required=True)
@@ -124,12 +149,77 @@ def _add_checkpoint(sub) -> None:
     u.add_argument("--out", help="where to write the converted file (default: replace FILE)")
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="train every loss weighting method with several seeds; one table",
+                       description="One training per method and seed on the same data and split; finished "
+                                   "runs are skipped. Writes OUT/comparison.csv, .md and .png.")
+    p.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
+    p.add_argument("--methods", required=True,
+                   help="comma-separated: ew, uw, dwa, rlw, famo, mgda, pcgrad, cagrad, imtl_g, latent")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    p.add_argument("--out", required=True, help="folder of the runs and the table")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def _amount(minimum: float, inclusive: bool = True):
+    """An argparse type: a number of at least (or, not inclusive, above) `minimum`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if value < minimum or (value == minimum and not inclusive) or value != value:
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'above'} {minimum:g}, got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model: REST API, web page, Prometheus metrics",
+                       description="POST /v1/predict (multipart, images in fields named file), GET /v1/model, "
+                                   "/healthz, /metrics and a web page at /. Binds 127.0.0.1 unless told otherwise. "
+                                   "Needs the serve extra: pip install 'attrnet[serve]'.")
+    p.add_argument("model", metavar="MODEL", help="a run folder, a .pt checkpoint, an exported folder or .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_count(0), default=8000)
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-batch", type=_count(1), default=32, help="images per forward pass (default 32)")
+    p.add_argument("--max-wait-ms", type=_amount(0), default=5.0,
+                   help="how long a batch waits for more images once it has one (default 5)")
+    p.add_argument("--max-upload-mb", type=_amount(0, inclusive=False), default=20.0,
+                   help="bytes per request, in MB; larger uploads are refused while streaming (default 20)")
+    p.add_argument("--max-files", type=_count(1), default=16, help="images per request (default 16)")
+    p.add_argument("--api-key", default=os.environ.get("ATTRNET_API_KEY"),
+                   help="require this key in the X-API-Key header on /v1/* (default: $ATTRNET_API_KEY, else none)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from ORIGIN to call the API (repeatable; default: CORS off)")
+
+
+def _add_card(sub) -> None:
+    p = sub.add_parser("card", help="write a model card (Hugging Face format) for a trained model",
+                       description="What the model predicts, from what data and split, per-attribute test figures "
+                                   "beside the majority baseline, groups, uses and limitations; with --by, "
+                                   "subgroup figures computed on --data.")
+    p.add_argument("model", metavar="MODEL", help="a run folder, a .pt checkpoint, an exported folder or .onnx file")
+    p.add_argument("--out", help="file to write (e.g. MODEL_CARD.md; default: standard output)")
+    p.add_argument("--by", type=_names, help="subgroups: comma-separated attributes of the data, e.g. Male,Young "
+                                             "(evaluates a run folder or checkpoint on --data)")
+    p.add_argument("--data", help="with --by: data folder (default: the one the run was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--evaluation", help="instead of --by: the JSON of `attrnet evaluate --by ... --out FILE`")
+    p.add_argument("--license", help="the card's licence (default: other, with the data set's terms; or unknown)")
+    p.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attrnet", description="Multi-task prediction of binary image attributes.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an internal error")
     parser.add_argument("--version", action="version", version=f"attrnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_demo, _add_train, _add_evaluate, _add_predict, _add_data, _add_bench, _add_checkpoint):
+    for add in (_add_demo, _add_train, _add_evaluate, _add_predict, _add_data, _add_bench, _add_export,
+                _add_checkpoint, _add_compare, _add_serve, _add_card):
         add(sub)
     return parser
 
@@ -163,8 +253,10 @@ def cmd_evaluate(args) -> None:
     if args.out:
         atomic.check_writable(args.out)
     result = evaluate_checkpoint(args.checkpoint, args.data, args.format, args.split, args.device, args.batch_size,
-                                 tta=args.tta)
+                                 tta=args.tta, by=args.by)
     print(report.format_table(result))
+    if result.get("subgroups"):
+        print(report.format_subgroup_table(result["subgroups"]))
     if result.get("skipped_unreadable"):
         print(f"skipped {result['skipped_unreadable']} unreadable image(s)")
     if args.out:
@@ -173,11 +265,12 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from attrnet.predict import Predictor, predict_to_file
+    from attrnet.inference import load_model
+    from attrnet.predict import predict_to_file
 
     if args.out:
         atomic.check_writable(args.out)
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.tta)
+    predictor = load_model(args.checkpoint, args.device, args.tta, runtime=args.runtime)
     n, bad, rows = predict_to_file(predictor, args.paths, args.out, args.batch_size)
     if not args.out:
         names = predictor.attributes
@@ -227,6 +320,22 @@ def cmd_bench(args) -> None:
         print(json.dumps(row), flush=True)
 
 
+def cmd_export(args) -> None:
+    from attrnet.inference import load_model
+    from attrnet.inference.export import export_hub, export_onnx, sidecar_path
+
+    atomic.check_writable(args.out, folder=args.format == "hub")
+    model = load_model(args.model, device="cpu", tta=args.tta, precision="fp32")
+    if args.format == "onnx":
+        out = export_onnx(model, args.out, args.tta or "none")
+        print(f"wrote {out} and {sidecar_path(out)}")
+    else:
+        from attrnet.card import model_card
+
+        out = export_hub(model, args.out, card=model_card(model.info))
+        print(f"wrote {out} (config.json, model.safetensors, README.md: the model card)")
+
+
 def cmd_checkpoint(args) -> None:
     from attrnet.model_file import upgrade_file
 
@@ -234,8 +343,47 @@ def cmd_checkpoint(args) -> None:
     print(f"wrote {out} (weights-only; attrnet opens it without running code)")
 
 
-COMMANDS = {"checkpoint": cmd_checkpoint, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
-            "demo": cmd_demo, "bench": cmd_bench}
+def cmd_serve(args) -> None:
+    from attrnet.serve import server
+    from attrnet.serve.settings import ServeSettings
+
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
+                             max_files=args.max_files, api_key=args.api_key or None, cors_origins=args.cors_origin)
+    warning = server.exposure_warning(args.host, settings)
+    if warning:
+        print(f"attrnet: warning: {warning}", file=sys.stderr)
+    server.serve(args.model, host=args.host, port=args.port, runtime=args.runtime, device=args.device,
+                 settings=settings)
+
+
+def cmd_card(args) -> None:
+    from attrnet.card import build_card, write_card
+
+    if args.out:
+        atomic.check_writable(args.out)
+    text = build_card(args.model, by=args.by, data=args.data, split=args.split, device=args.device,
+                      evaluation_file=args.evaluation, license=args.license)
+    if args.out:
+        print(f"wrote {write_card(text, args.out)}")
+    else:
+        print(text, end="")
+
+
+def cmd_compare(args) -> None:
+    from attrnet.compare import format_markdown, parse_methods, parse_seeds, run_comparison
+    from attrnet.config import load_config
+
+    methods, seeds = parse_methods(args.methods), parse_seeds(args.seeds)
+    cfg = load_config(args.config, list(args.overrides))
+    atomic.check_writable(args.out, folder=True)
+    result = run_comparison(cfg, methods, seeds, args.out)
+    print(format_markdown(result["rows"]))
+    print(f"{result['trained']} runs trained, {result['skipped']} finished before; "
+          f"wrote {', '.join(str(p) for p in result['paths'].values())}")
+
+
+COMMANDS = {"checkpoint": cmd_checkpoint, "export": cmd_export, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
+            "demo": cmd_demo, "bench": cmd_bench, "compare": cmd_compare, "serve": cmd_serve, "card": cmd_card}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ PRECISIONS = ("auto", "bf16", "fp32")                      # attrnet.engine.setu
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "f1")  # attrnet.metrics.TUNABLE
 GROUP_PRESETS = ("celeba", "clothing", "awa2")             # attrnet.data.groups.PRESET_GROUPS
 GRID_KEYS = ("mu", "gamma", "lam", "latent_tasks", "baseline_lam")  # attrnet.mtl.pipeline
+WEIGHTINGS = ("ew", "uw", "dwa", "rlw", "famo", "mgda", "pcgrad", "cagrad", "imtl_g")  # attrnet.weighting.METHODS
 
 # The eight attributes of the original CelebA script (seed 000).
 SEED8 = ["Eyeglasses", "Male", "Smiling", "Wearing_Hat",
@@ -55,8 +56,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"
-    pretrained: Any = False           # false | true (torchvision ImageNet weights) | path to a weights file
+    backbone: str = "resnet18"        # any torchvision classification model, or timm/<name> (attrnet[timm])
+    pretrained: Any = False           # false | true (the source's ImageNet weights: torchvision's weights API or
+                                      # timm's Hub, cached files used offline) | path to a weights file
     small_input: bool = False         # 3x3 stride-1 stem without max-pool, for images of 64 px or less
     trunk: list = field(default_factory=list)   # hidden sizes of the shared MLP, e.g. [4096, 4096]
     trunk_dropout: float = 0.5
@@ -96,6 +98,13 @@ class TrainConfig:
     threshold_metric: str = "accuracy"  # what per-attribute thresholds are tuned for on val
     max_steps_per_epoch: int = 0      # 0 = whole epoch (small values for smoke tests)
     log_every: int = 50
+    backbone_lr_scale: float = 1.0    # fine-tuning: the backbone's lr is lr x this (trunk and heads: lr)
+    freeze_backbone_epochs: int = 0   # fine-tuning: the backbone's weights and BatchNorm statistics stay as
+                                      # loaded for this many first epochs; only trunk and heads learn
+    weighting: str = "ew"             # how the per-attribute losses are balanced (attrnet.weighting): ew (mean
+                                      # over known labels) | uw | dwa | rlw | famo | mgda | pcgrad | cagrad | imtl_g
+    weighting_args: Any = None        # per method, its hyper-parameters, e.g. {cagrad: {alpha: 0.4}, dwa:
+                                      # {temperature: 2}}; methods not named keep their defaults
 
 
 @dataclass
@@ -175,7 +184,8 @@ def config_from_dict(raw: dict | None, origin: str = "config") -> Config:
         valid = _section_fields(cls)
         unknown = [k for k in value if k not in valid]
         if unknown:
-            raise AttrnetError(f"{origin}: unknown key {name}.{unknown[0]}; valid keys in {name}: "
+            key = unknown[0] if str(unknown[0]).isprintable() else repr(unknown[0])  # one line, always
+            raise AttrnetError(f"{origin}: unknown key {name}.{key}; valid keys in {name}: "
                                f"{', '.join(valid)}")
         kwargs[name] = cls(**value)
     cfg = Config(**kwargs)
@@ -330,10 +340,13 @@ def _device(value: Any) -> str:
 
 
 def _backbone(value: Any) -> str:
-    from attrnet.models.backbones import BACKBONES  # only when a config is read: keeps --help fast
-    if isinstance(value, str) and value in BACKBONES:
-        return value
-    raise ValueError(f"unknown backbone {value!r}; valid: {', '.join(BACKBONES)}")
+    # only when a config is read: keeps --help fast; checks the name without building the model, and
+    # imports timm only for a timm/ name
+    from attrnet.models.backbones import backbone_name_problem
+    problem = backbone_name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 def _trunk(value: Any) -> list:
@@ -370,6 +383,43 @@ POSITIVE = _number(int, 1)
 NON_NEGATIVE = _number(float, 0)
 AUTO_BOOL = _choice("auto", "true", "false")
 
+# Each weighting method's hyper-parameters (attrnet.weighting: the constructors' keyword arguments).
+WEIGHTING_ARGS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "ew": {}, "rlw": {}, "pcgrad": {}, "imtl_g": {},
+    "uw": {"lr": _number(float, 0, low_open=True)},
+    "dwa": {"temperature": _number(float, 0, low_open=True)},
+    "famo": {"lr": _number(float, 0, low_open=True), "gamma": NON_NEGATIVE, "eps": _number(float, 0, low_open=True)},
+    "mgda": {"normalization": _choice("none", "l2", "loss", "loss+"), "iters": POSITIVE},
+    "cagrad": {"alpha": NON_NEGATIVE, "iters": POSITIVE},
+}
+
+
+def _weighting_args(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping {{method: {{argument: value}}}} such as {{cagrad: {{alpha: 0.4}}}}, "
+                         f"got {value!r}")
+    out = {}
+    for method, args in value.items():
+        if method not in WEIGHTING_ARGS:
+            raise ValueError(f"unknown method {method!r}; valid: {', '.join(WEIGHTINGS)}")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise ValueError(f"{method} must be a mapping of its arguments, got {args!r}")
+        rules = WEIGHTING_ARGS[method]
+        for key, arg in args.items():
+            if key not in rules:
+                raise ValueError(f"{method} has no argument {key!r}; valid: {', '.join(rules) or 'none'}")
+            try:
+                args = {**args, key: rules[key](arg)}
+            except ValueError as exc:
+                raise ValueError(f"{method}.{key} {exc}") from None
+        out[str(method)] = dict(args)
+    return out
+
+
 RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
     "data": {
         "root": _text, "format": _choice(*FORMATS),
@@ -391,7 +441,8 @@ RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
         "compile": _flag, "pos_weight": _flag, "flip": _flag, "shift": _number(float, 0, 0.5, high_open=True),
         "scale": FRACTION, "label_smoothing": FRACTION, "mixup": NON_NEGATIVE, "ema": FRACTION,
         "freeze_bn": _flag, "threshold_metric": _choice(*THRESHOLD_METRICS), "max_steps_per_epoch": COUNT,
-        "log_every": POSITIVE,
+        "log_every": POSITIVE, "weighting": _choice(*WEIGHTINGS), "weighting_args": _weighting_args,
+        "backbone_lr_scale": _number(float, 0, low_open=True), "freeze_backbone_epochs": COUNT,
     },
     "mtl": {
         "enabled": _flag, "features": _choice("shared", "per_attribute"), "latent_tasks": COUNT,

@@ -13,28 +13,30 @@ from tqdm import tqdm
 
 from attrnet import atomic, metrics, report
 from attrnet.config import Config, config_from_dict
-from attrnet.data.augment import normalize
 from attrnet.data.batches import BatchLoader
 from attrnet.data.formats import read_table
 from attrnet.engine import distributed as ddp
-from attrnet.engine.checkpoint import (LOADED_ONLY, load_checkpoint, model_from_checkpoint, resolve_checkpoint,
+from attrnet.engine.checkpoint import (LOADED_ONLY, load_checkpoint, network_from_checkpoint, resolve_checkpoint,
                                       save_checkpoint)
+from attrnet.inference.forward import Normalize, batch_logits, make_normalize
+from attrnet.inference.tta import check_tta
 from attrnet.engine.setup import Precision, PreparedData, images_for_device, make_loader, prepare_data, resolve_device
 from attrnet.errors import AttrnetError
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: BatchLoader, precision: Precision,
-                   dist: ddp.DistInfo = ddp.DistInfo(), progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 logits and labels for every row of the loader (all ranks' rows, in order), on its device."""
+                   dist: ddp.DistInfo = ddp.DistInfo(), progress: bool = False, tta: str = "none",
+                   normalize: Normalize | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 logits and labels for every row of the loader (all ranks' rows, in order), on its device,
+    through inference's forward path (normalisation, precision, test-time augmentation)."""
     model.eval()
+    normalize = normalize or make_normalize(None, loader.images.shape[1]).to(loader.device)
     logits, labels = [], []
     batches = tqdm(loader.epoch(0), total=len(loader), desc="predicting", unit="batch", leave=False,
                    disable=not (progress and dist.is_main))
     for x, y in batches:
-        x = normalize(x, channels_last=precision.channels_last)
-        with precision.autocast():
-            logits.append(model(x).float())
+        logits.append(batch_logits(model, x, normalize, precision, tta))
         labels.append(y)
     z = torch.cat(logits) if logits else torch.zeros(0, loader.labels.shape[1], device=loader.device)
     t = torch.cat(labels) if labels else torch.zeros(0, loader.labels.shape[1], device=loader.device)
@@ -42,34 +44,44 @@ def predict_logits(model: nn.Module, loader: BatchLoader, precision: Precision,
 
 
 def predict_probs(model: nn.Module, loader: BatchLoader, precision: Precision,
-                  dist: ddp.DistInfo = ddp.DistInfo(), progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  dist: ddp.DistInfo = ddp.DistInfo(), progress: bool = False, tta: str = "none",
+                  normalize: Normalize | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid probabilities and labels for every row of the loader (all ranks' rows, in order)."""
-    logits, labels = predict_logits(model, loader, precision, dist, progress)
+    logits, labels = predict_logits(model, loader, precision, dist, progress, tta, normalize)
     return torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()
 
 
 def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | None = None,
                         split: str = "test", device: str = "auto", batch_size: int = 512,
-                        progress: bool = True, tta: str | None = None) -> dict:
+                        progress: bool = True, tta: str | None = None, by: list[str] | None = None) -> dict:
     """Metrics of a checkpoint on `split` of data_root (read in the run's format and attribute set).
 
     tta: none | flip | flip_shift overrides the run's test-time augmentation (None keeps it).
+    by: attributes of the data (predicted or not) to split the images by: result["subgroups"] then holds every
+    metric for the images whose true label of each is 1 and 0 (metrics.subgroup_metrics).
     """
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
     dev = resolve_device(device)  # a missing GPU, like an unknown tta, is reported before any image is decoded
-    model = model_from_checkpoint(ckpt, tta)
+    model = network_from_checkpoint(ckpt)
     cfg: Config = config_from_dict(ckpt["config"], f"{ckpt_path} (config)")
+    tta = check_tta(tta if tta is not None else cfg.model.tta)
     data_cfg = dataclasses.replace(cfg.data, root=data_root or cfg.data.root,
                                    format=data_format or cfg.data.format)
     names = list(ckpt["attributes"])
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(data_cfg, attributes=None))
     # the attribute check reads the labels only: a wrong data set is reported before any image is decoded
-    missing = [n for n in names if n not in read_table(cfg.data, check_files=False).names]
+    available = read_table(cfg.data, check_files=False).names
+    missing = [n for n in names if n not in available]
     if missing:
         raise AttrnetError(f"{data_cfg.root} has no labels for the checkpoint's attribute(s) "
                            f"{', '.join(missing[:5])}; it was trained on a different attribute set")
+    unknown_by = [b for b in by or [] if b not in available]
+    if unknown_by:
+        raise AttrnetError(f"--by {', '.join(unknown_by)}: {data_cfg.root} has no such attribute; "
+                           f"choose from {', '.join(available)}")
     data = prepare_data(cfg, progress=progress)
+    by_labels = data.table.select(by).labels if by else None
     data.table = data.table.select(names)
     if data.groups is None and ckpt.get("groups"):
         data.groups = ckpt["groups"]
@@ -81,12 +93,15 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     images = images_for_device(data.decoded, dev, cfg.data.cache_on_device)
+    normalize = make_normalize(ckpt.get("normalization"), 1 if cfg.data.grayscale else 3).to(dev)
     probs, labels = predict_probs(model, make_loader(images, data, idx, batch_size, dev, False), precision,
-                                  progress=progress)
+                                  progress=progress, tta=tta, normalize=normalize)
     thresholds = np.asarray(ckpt.get("thresholds") or [0.5] * len(names))
     result = evaluation_report(probs, labels, names, thresholds, data.groups)
-    result.update(split=split, checkpoint=str(ckpt_path), data=str(data_cfg.root), tta=model.tta,
+    result.update(split=split, checkpoint=str(ckpt_path), data=str(data_cfg.root), tta=tta,
                   skipped_unreadable=int(data.decoded.n_bad))
+    if by:
+        result["subgroups"] = metrics.subgroup_metrics(probs, labels, names, thresholds, by_labels[idx], by)
     return result
 
 
@@ -97,14 +112,15 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, preci
     best_path = run_dir / "checkpoints" / "best.pt"
     ddp.barrier(dist)
     ckpt = load_checkpoint(best_path)
-    model = model_from_checkpoint(ckpt).to(device)
+    model = network_from_checkpoint(ckpt).to(device)
+    normalize = make_normalize(ckpt.get("normalization"), 1 if cfg.data.grayscale else 3).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     def score(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         loader = make_loader(images, data, idx, cfg.train.batch_size * 2, device, False, rank=dist.rank,
                              world_size=dist.world_size)
-        return predict_probs(model, loader, precision, dist)
+        return predict_probs(model, loader, precision, dist, tta=cfg.model.tta, normalize=normalize)
 
     thresholds = np.full(len(names), 0.5)
     if len(val_idx):
@@ -117,6 +133,9 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, preci
         ckpt["thresholds"] = thresholds.tolist()
         save_checkpoint(best_path, **{k: v for k, v in ckpt.items() if k not in LOADED_ONLY})
         atomic.write_json(run_dir / "metrics.json", report.to_jsonable(result))
+        from attrnet.card import write_run_card  # MODEL_CARD.md: from the checkpoint and the metrics just written
+
+        write_run_card(ckpt, run_dir)
         report.plot_attribute_accuracy(result, run_dir / "plots" / "attribute_accuracy.png",
                                        title=f"{result['split']} split, mean accuracy {result['mean_accuracy']:.3f}")
         report.plot_training_curves(history, run_dir / "plots" / "training_curves.png")

@@ -26,6 +26,7 @@ OUTPUTS = ("config.yaml", "checkpoints/best.pt", "checkpoints/last.pt", "metrics
 # Keys a resumed run may change: where and how fast it runs, and more epochs. Anything else (image size,
 # attributes, learning rate...) would silently make the continued run a different experiment.
 RESUMABLE = {("train", "epochs"), ("train", "device"), ("train", "log_every"), ("train", "compile"),
+             ("train", "precision"), ("train", "channels_last"),  # stored resolved (fp32/bf16, true/false)
              ("data", "workers"), ("data", "cache_dir"), ("data", "cache_on_device")}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -10,28 +9,17 @@ from typing import Callable
 import numpy as np
 import torch
 
+from attrnet import precision as precision_rule
 from attrnet.config import Config
 from attrnet.data.batches import BatchLoader, epoch_batches
 from attrnet.data.cache import CacheBuild, DecodedImages, open_or_start
 from attrnet.data.formats import assign_partition, read_table, split_indices
 from attrnet.data.images import RESIZE_METHODS
 from attrnet.data.table import AttributeTable
+from attrnet.device import resolve_device  # noqa: F401 - re-exported for the engine's callers
 from attrnet.errors import AttrnetError
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise AttrnetError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AttrnetError(f"device {name!r} asked for, but this machine has no CUDA GPU; use the CPU "
-                           f"(--device cpu, or train.device=cpu in a config)")
-    return device
 
 
 @dataclass
@@ -111,22 +99,17 @@ def resolve_config_groups(spec, table: AttributeTable, known: list[str] | None =
     return resolve_groups(spec, table.names, known=known)
 
 
-class Precision:
-    """bf16 autocast and channels_last on GPU, plain fp32 on CPU (unless the config says otherwise)."""
+class Precision(precision_rule.Precision):
+    """The older call form `Precision(cfg, device)`: attrnet.precision.Precision.from_config(cfg, device),
+    with a config mistake reported as an AttrnetError. New code calls Precision.from_config."""
 
     def __init__(self, cfg: Config, device: torch.device):
-        p = cfg.train.precision
-        if p not in ("auto", "bf16", "fp32"):
-            raise AttrnetError(f"train.precision must be auto, bf16 or fp32, got {p!r}")
-        self.bf16 = p == "bf16" or (p == "auto" and device.type == "cuda")
-        cl = cfg.train.channels_last
-        self.channels_last = device.type == "cuda" if cl == "auto" else bool(cl)
-        self.device_type = device.type
-
-    def autocast(self):
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=torch.bfloat16)
+        try:
+            p = precision_rule.Precision.from_config(cfg, device)
+        except ValueError as exc:  # a bad train.precision / train.channels_last, or ATTRNET_CPU_BF16
+            msg = str(exc)
+            raise AttrnetError(f"train.{msg}" if msg.startswith(("precision", "channels_last")) else msg) from None
+        super().__init__(p.bf16, p.channels_last, p.device_type, p.reason)
 
 
 def images_for_device(decoded: DecodedImages, device: torch.device, mode) -> torch.Tensor | np.ndarray:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from attrnet import model_file
 from attrnet.config import Config
-from attrnet.data.augment import augment, normalize
+from attrnet.data.augment import normalize
 from attrnet.engine.setup import PreparedData, images_for_device, make_loader, resolve_device
 from attrnet.errors import AttrnetError
 from attrnet.models.build import build_model
@@ -79,12 +79,15 @@ def _train_loader(cfg: Config, data: PreparedData, device: torch.device):
 
 
 def _epoch_batches(cfg: Config, loader, epoch: int, steps: int, channels_last: bool = False):
-    """The augmented, normalised batches of one epoch: the same for every model and both trainers."""
+    """The batches of one epoch, prepared as the core's training prepares them (train.flip, shift, scale,
+    mixup: engine.train.prepare_batch): the same for every model and every trainer."""
+    from attrnet.engine.train import mixup_rng, prepare_batch
     gen = torch.Generator(device=loader.device).manual_seed(cfg.train.seed * 100_003 + epoch)
+    mix_rng = mixup_rng(cfg, epoch)
     for i, (x, y) in enumerate(loader.epoch(epoch)):
         if i >= steps:
             break
-        yield normalize(augment(x, cfg.train.flip, cfg.train.shift, gen), channels_last=channels_last), y
+        yield prepare_batch(x, y, cfg, gen, mix_rng, channels_last)
 
 
 def _pos_weight(cfg: Config, data: PreparedData, cols: list[int], device) -> torch.Tensor | None:
@@ -146,7 +149,7 @@ def train_attribute_cnns(cfg: Config, data: PreparedData, device: torch.device |
                 batches = _epoch_batches(cfg, loader, epoch, steps)
                 for x, y in tqdm(batches, total=steps, leave=False, disable=not progress,
                                  desc=f"CNNs {cols[0] + 1}-{cols[-1] + 1}/{M} epoch {epoch + 1}"):
-                    total += net.step(x, y[:, cols], pw, precision.autocast())
+                    total += net.step(x, y[:, cols], pw, precision.autocast(), cfg.train.label_smoothing)
                     n += 1
                     n_images += x.shape[0] * len(cols)
                 for j, m in enumerate(cols):
@@ -161,7 +164,7 @@ def train_attribute_cnns(cfg: Config, data: PreparedData, device: torch.device |
             for epoch in range(epochs):
                 total_m, n = torch.zeros((), device=device), 0
                 for x, y in _epoch_batches(cfg, loader, epoch, steps):
-                    total_m += net_s.step(m, x, y, pw, precision.autocast())
+                    total_m += net_s.step(m, x, y, pw, precision.autocast(), cfg.train.label_smoothing)
                     n += 1
                     n_images += x.shape[0]
                 history[epoch]["loss"][m] = float(total_m) / max(n, 1)
@@ -243,11 +246,11 @@ def shared_features(cfg: Config, model: nn.Module, data: PreparedData, device: t
 
 def train_shared_cnn(cfg: Config, data: PreparedData, cnn_dir: Path, progress: bool = True) -> tuple[nn.Module, dict]:
     """The core's multi-attribute fit on the training split; returns its best model and its test metrics."""
-    from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from attrnet.engine.checkpoint import load_checkpoint, network_from_checkpoint
     from attrnet.engine.train import fit
 
     result = fit(cfg, cnn_dir, progress=progress, data=data, overwrite=True)  # run_mtl guards the run folder
-    return model_from_checkpoint(load_checkpoint(cnn_dir / "checkpoints" / "best.pt")), result
+    return network_from_checkpoint(load_checkpoint(cnn_dir / "checkpoints" / "best.pt")), result
 
 
 # ---------------------------------------------------------------- cache and entry point
