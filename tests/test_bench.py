@@ -9,7 +9,7 @@ import pytest
 
 from attrnet.cli import main
 
-CASES = "seed_loop,dataloader_eager,attrnet_cold,attrnet_warm,predict_folder,cache_memory"
+CASES = "seed_loop,dataloader_eager,attrnet_cold,attrnet_warm,predict_folder,predict_runtimes,cache_memory"
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,11 @@ def test_every_case_reports_its_throughput_and_memory(bench_rows):
     assert bench_rows["predict_folder"]["n_images"] == 48 and bench_rows["predict_folder"]["unreadable"] == 0
     assert bench_rows["predict_folder"]["predict_images_per_s"] > 0
     assert bench_rows["cache_memory"]["n_images"] == 48 and bench_rows["cache_memory"]["cache_mb"] > 0
+    runtimes = bench_rows["predict_runtimes"]["runtimes"]
+    assert {"torch_fp32", "onnxruntime", "decode_only"} <= set(runtimes)
+    assert all(r["n_images"] == 48 and r["images_per_s"] > 0 for r in runtimes.values())
+    ratio = runtimes["onnxruntime"]["images_per_s"] / runtimes["torch_fp32"]["images_per_s"]
+    assert bench_rows["predict_runtimes"]["onnx_over_torch_eager"] == pytest.approx(ratio, abs=0.006)
 
 
 def test_summary_compares_attrnet_with_the_seed_loop(bench_rows):

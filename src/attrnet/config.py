@@ -117,8 +117,9 @@ class MTLConfig:
     mu: float = 1.0                   # group-sparsity weight on S
     gamma: float = 0.01               # l1 weight on L
     lam: float = 0.1                  # Frobenius weight on L
-    max_outer: int = 30
-    tol: float = 1e-5
+    max_outer: int = 500              # outer (S-step, L-step) iterations at most; the run says if it stopped short
+    tol: float = 1e-6                 # stop when the estimated relative distance left to the converged objective
+                                      # is below this (attrnet.mtl.solver._remaining)
     fit_bias: bool = True
     balance: bool = False             # weigh examples so each attribute's classes count equally
     feature_epochs: int = 5           # epochs of each single-attribute CNN (features=per_attribute)
@@ -131,7 +132,7 @@ class MTLConfig:
     baseline_lam: Any = None          # ridge weight of the independent baseline; None = lam
     grid: Any = None                  # {mu: [...], gamma: [...], lam: [...], latent_tasks: [...]}: pick on val
     inner_max_iter: int = 100         # FISTA iterations per S- or L-step
-    inner_tol: float = 1e-6           # relative objective change that ends an S- or L-step
+    inner_tol: float = 1e-10          # relative objective change that ends an S- or L-step
     solver_threads: int = 1           # CPU threads for the solver (0 = torch's default; small problems: 1 is fastest)
 
 

@@ -11,6 +11,8 @@ Cases, on one CelebA-layout folder of 178x218 JPEGs (CelebA's size) with 40 attr
   attrnet_warm_ddp1     the same inside DistributedDataParallel with world size 1 (CUDA only): per-rank DDP cost
   predict_folder        attrnet predict's path (iter_files + inference.AttributeModel) over the JPEG folder (nvjpeg on
                         GPU, DataLoader workers on CPU)
+  predict_runtimes      JPEG folder -> probabilities on the CPU: torch fp32, torch bf16 + channels_last (native
+                        bf16 only), ONNX Runtime (exported graph), and decoding alone; same images, one run
   precision_modes       attrnet's training epoch and its prediction pass (validation, evaluate) from the cache in
                         fp32, fp32 + channels_last, bf16 autocast, bf16 autocast + channels_last: interleaved,
                         repeated (median, min, max), each against fp32; per wall second and per CPU second
@@ -36,7 +38,7 @@ from attrnet.errors import AttrnetError
 log = logging.getLogger(__name__)
 
 CASES = ("seed_loop", "dataloader_eager", "attrnet_cold", "attrnet_warm", "attrnet_warm_compile",
-         "attrnet_warm_ddp1", "predict_folder", "precision_modes", "cache_memory")
+         "attrnet_warm_ddp1", "predict_folder", "precision_modes", "predict_runtimes", "cache_memory")
 
 
 def _summary(rows: dict[str, dict], device: torch.device) -> dict | None:

@@ -316,6 +316,10 @@ class Bench:
     def precision_modes(self) -> dict:
         return precision_modes(self)
 
+    def predict_runtimes(self) -> dict:
+        from attrnet.bench.runtimes import predict_runtimes
+        return predict_runtimes(self)
+
     def cache_memory(self) -> dict:
         """Decode into a fresh cache in a child process, so its peak memory is this build's alone."""
         cache = self.workdir / "cache-memory"

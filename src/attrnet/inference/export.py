@@ -8,6 +8,8 @@ attrnet.inference reads back offline (or from the Hub by repo id).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import shutil
@@ -59,10 +61,12 @@ def export_onnx(model: AttributeModel, out: str | Path, tta: str = "none") -> Pa
 def _trace(graph: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
-        program = torch.onnx.export(graph, (example,), dynamo=True, input_names=["images"],
-                                    output_names=["probabilities"], dynamic_shapes=({0: batch},),
-                                    opset_version=ONNX_OPSET, external_data=False)
-        program.save(str(path))
+        # the exporter prints its progress to standard output, which is the CLI's and bench's result channel
+        with contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(graph, (example,), dynamo=True, input_names=["images"],
+                                        output_names=["probabilities"], dynamic_shapes=({0: batch},),
+                                        opset_version=ONNX_OPSET, external_data=False, verbose=False)
+            program.save(str(path))
     except Exception as exc:  # noqa: BLE001 - the exporter's many error types: one line for the user
         raise AttrnetError(f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
     _check_dynamic_batch(path)

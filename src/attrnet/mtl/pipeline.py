@@ -226,12 +226,10 @@ def _fit_and_evaluate(cfg: Config, data: PreparedData, feats: FeatureSet, device
     M = len(names)
     for hp in candidates:
         K = latent_tasks(hp["latent_tasks"], M)
-        res = fit_mtl(problem, K, float(hp["mu"]), float(hp["gamma"]), float(hp["lam"]), max_outer=cfg.mtl.max_outer,
-                      tol=cfg.mtl.tol, fit_bias=cfg.mtl.fit_bias, seed=cfg.train.seed,
-                      inner_max_iter=cfg.mtl.inner_max_iter, inner_tol=cfg.mtl.inner_tol)
+        res = solve_mtl(problem, cfg, K, float(hp["mu"]), float(hp["gamma"]), float(hp["lam"]))
         acc = _val_accuracy(mtl_scores(res, X_val), y_val, names, mode, metric) if has_val else float("nan")
         search.append({**hp, "K": K, "val_mean_accuracy": acc, "objective": res.history[-1],
-                       "n_outer": res.n_outer})
+                       "n_outer": res.n_outer, **solver_status(res)})
         if len(candidates) > 1:
             log.info("mtl grid %s: val mean accuracy %.4f", hp, acc)
         if best is None or acc > best_acc:
@@ -277,6 +275,24 @@ def _fit_and_evaluate(cfg: Config, data: PreparedData, feats: FeatureSet, device
     timings["evaluation"] = time.perf_counter() - t0
     hyper = {**chosen, "val_mean_accuracy": best_acc, "baseline_lam": ind_lam, "baseline_val_mean_accuracy": ind_acc}
     return Outcome(result, baselines, best, ind_best, thresholds, mean, std, groups, hyper, timings, search)
+
+
+def solve_mtl(problem: MTLProblem, cfg: Config, K: int, mu: float, gamma: float, lam: float) -> MTLResult:
+    """fit_mtl with the run's solver settings (cfg.mtl, the seed); says so in the log when it did not converge."""
+    res = fit_mtl(problem, K, mu, gamma, lam, max_outer=cfg.mtl.max_outer, tol=cfg.mtl.tol, fit_bias=cfg.mtl.fit_bias,
+                  seed=cfg.train.seed, inner_max_iter=cfg.mtl.inner_max_iter, inner_tol=cfg.mtl.inner_tol)
+    status = solver_status(res)
+    (log.info if res.converged else log.warning)(
+        "mtl solver K=%d mu=%g gamma=%g lam=%g: %s after %d outer iterations (last relative change %.2e, "
+        "estimated remaining %.2e, mtl.tol %g)", K, mu, gamma, lam,
+        "converged" if res.converged else "NOT converged (raise mtl.max_outer)", res.n_outer,
+        status["rel_change"], status["remaining"], cfg.mtl.tol)
+    return res
+
+
+def solver_status(res: MTLResult) -> dict:
+    """Whether the solve converged, the last outer iteration's relative change of F and the estimated remaining one."""
+    return {"converged": res.converged, "rel_change": res.rel_change, "remaining": res.remaining}
 
 
 def _scores(Xs: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> np.ndarray:
@@ -362,7 +378,7 @@ def run_mtl(cfg: Config, run_dir: str | Path, progress: bool = True, data: Prepa
         baselines=outcome.baselines,
         timings={k: round(v, 3) for k, v in timings.items()},
         solver={"K": outcome.hyper["K"], "mu": outcome.hyper["mu"], "gamma": outcome.hyper["gamma"],
-                "lam": outcome.hyper["lam"], "n_outer": res.n_outer, "converged": res.converged,
+                "lam": outcome.hyper["lam"], "n_outer": res.n_outer, **solver_status(res),
                 "objective": res.history[-1], "objective_initial": res.history[0],
                 "times": {k: round(v, 3) for k, v in res.times.items()},
                 "zero_rows_S": int((res.S.abs().sum(1) == 0).sum()),

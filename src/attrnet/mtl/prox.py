@@ -76,7 +76,9 @@ def fista(f_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
           grad_tol: float | None = None,
           restart: str | None = "gradient",
           backtrack: float = 0.5,
-          f: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict]:
+          f: Callable[[Tensor], Tensor] | None = None,
+          polish: Callable[[Tensor], Tensor | None] | None = None,
+          polish_every: int = 10) -> tuple[Tensor, dict]:
     """Minimise F(x) = f(x) + g(x) with FISTA, backtracking line search and adaptive restart.
 
     x+ = prox(y - s*grad f(y), s); s shrinks by `backtrack` until
@@ -84,8 +86,11 @@ def fista(f_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
     restart: "gradient" resets momentum when <y - x+, x+ - x> > 0, "function" when F(x+) > F(x)
     (O'Donoghue & Candes 2015), None never.
     Stops when |F(x+) - F(x)| <= tol * |F(x)| (tol > 0) or, if grad_tol is given, when the prox-gradient
-    mapping ||x+ - y|| / s <= grad_tol. Returns the best iterate seen (F(result) <= F(x0) up to rounding) and
-    info {n_iter, objective, history, step, n_restarts, converged, grad_map_norm}.
+    mapping ||x+ - y|| / s <= grad_tol.
+    polish: optional map from an iterate to a candidate point or None (e.g. a Newton step on the iterate's smooth
+    piece), tried every `polish_every` iterations; a candidate with lower F replaces the iterate and restarts
+    the momentum. Returns the best iterate seen (F(result) <= F(x0) up to rounding) and
+    info {n_iter, objective, history, step, n_restarts, n_polished, converged, grad_map_norm}.
     """
     if restart not in ("gradient", "function", None):
         raise ValueError(f"restart must be 'gradient', 'function' or None, got {restart!r}")
@@ -97,7 +102,7 @@ def fista(f_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
     y, t, step = x, 1.0, float(step0)
     fy, gy = f_and_grad(y)
     fy = float(fy)
-    n_restarts, converged, gm_norm, it = 0, False, math.inf, 0
+    n_restarts, n_polished, converged, gm_norm, it = 0, 0, False, math.inf, 0
     eps = 8 * torch.finfo(x0.dtype).eps
     for it in range(1, max_iter + 1):
         while True:
@@ -111,9 +116,6 @@ def fista(f_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
             step *= backtrack
         F_new = fx_new + float(g(x_new))
         gm_norm = float(d.norm()) / step
-        history.append(F_new)
-        if F_new < best_F:
-            best_x, best_F = x_new, F_new
         if restart == "gradient":
             do_restart = float(((y - x_new) * (x_new - x)).sum()) > 0
         elif restart == "function":
@@ -121,7 +123,16 @@ def fista(f_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
         else:
             do_restart = False
         rel_change = abs(F_x - F_new) / max(abs(F_x), torch.finfo(x0.dtype).tiny)
-        if (grad_tol is not None and gm_norm <= grad_tol) or (tol > 0 and rel_change <= tol) or gm_norm == 0:
+        done = (grad_tol is not None and gm_norm <= grad_tol) or (tol > 0 and rel_change <= tol) or gm_norm == 0
+        if polish is not None and not done and it % polish_every == 0:
+            z = polish(x_new)
+            F_z = math.inf if z is None else float(f_val(z)) + float(g(z))
+            if F_z < F_new:  # the momentum's direction came from the replaced iterate: drop it
+                x_new, F_new, do_restart, n_polished = z, F_z, True, n_polished + 1
+        history.append(F_new)
+        if F_new < best_F:
+            best_x, best_F = x_new, F_new
+        if done:
             converged = True
             x, F_x = x_new, F_new
             break
@@ -139,7 +150,7 @@ def fista(f_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
     # prefer the last iterate unless it is worse than the best by more than rounding.
     if F_x <= best_F + eps * abs(best_F):
         best_x, best_F = x, F_x
-    info = dict(n_iter=it, objective=best_F, history=history, step=step, n_restarts=n_restarts,
+    info = dict(n_iter=it, objective=best_F, history=history, step=step, n_restarts=n_restarts, n_polished=n_polished,
                 converged=converged, grad_map_norm=gm_norm)
     return best_x, info
 
@@ -158,3 +169,26 @@ def power_lipschitz(matvec: Callable[[Tensor], Tensor], like: Tensor, n_iter: in
             return 0.0
         v = w / lam
     return 1.05 * lam
+
+
+def conjugate_gradient(matvec: Callable[[Tensor], Tensor], rhs: Tensor, max_iter: int,
+                       rtol: float = 1e-10) -> tuple[Tensor, int]:
+    """Solve A x = rhs for a symmetric positive definite operator A by conjugate gradients from x = 0.
+
+    Stops when ||rhs - A x|| <= rtol ||rhs|| or after max_iter products; returns (x, number of products).
+    Every iterate lowers the quadratic 1/2 x^T A x - rhs^T x, so an early stop still gives a descent step.
+    """
+    x, r = torch.zeros_like(rhs), rhs.clone()
+    p, rr = r.clone(), float((r * r).sum())
+    stop, n = rtol * rtol * rr, 0
+    while rr > stop and n < max_iter:
+        Ap = matvec(p)
+        n += 1
+        pAp = float((p * Ap).sum())
+        if pAp <= 0:  # not positive definite along p (round-off): keep what we have
+            break
+        a = rr / pAp
+        x, r = x + a * p, r - a * Ap
+        rr, rr_old = float((r * r).sum()), rr
+        p = r + (rr / rr_old) * p
+    return x, n
