@@ -166,3 +166,21 @@ def test_predict_cli_reads_exports(tmp_path, csv_run, capsys):
         assert main(["predict", str(model), str(csv_run["data"]), "--out", str(tmp_path / "p.json"), *extra]) == 0
         rows = json.loads((tmp_path / "p.json").read_text())["images"]
         assert len(rows) == len(csv_run["rows"])
+
+
+CELEBA = REPO.parent / "shared" / "data" / "celeba-8k"
+
+
+@pytest.mark.skipif(not CELEBA.is_dir(), reason=f"real CelebA copy not at {CELEBA}")
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_onnx_and_hub_match_pytorch_on_200_real_celeba_images(tmp_path, run, capsys, tta):
+    """The runtimes agree on real photos (resized to the model's size), not only on noise."""
+    files = sorted((CELEBA / "img_align_celeba").glob("*.jpg"))[:200]
+    assert _export(["export", run, "--format", "onnx", "--out", tmp_path / "m.onnx", "--tta", tta], capsys) == 0
+    assert _export(["export", run, "--format", "hub", "--out", tmp_path / "hub", "--tta", tta], capsys) == 0
+    torch_probs = load_model(run, "cpu", tta=tta, precision="fp32").predict(files).probabilities
+    onnx_probs = load_model(tmp_path / "m.onnx", runtime="onnx").predict(files).probabilities
+    hub_probs = load_model(tmp_path / "hub", "cpu", precision="fp32").predict(files).probabilities
+    assert torch_probs.shape == (200, 2)
+    assert np.abs(onnx_probs - torch_probs).max() <= 1e-4
+    assert np.array_equal(hub_probs, torch_probs)
