@@ -24,6 +24,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from attrnet.atomic import pid_alive
 from attrnet.data.images import load_image
 from attrnet.errors import AttrnetError
 
@@ -139,9 +140,9 @@ def _is_abandoned(folder: Path, pid: int) -> bool:
     try:
         space = (folder / _PID_SPACE_FILE).read_text()
     except OSError:
-        return _idle_seconds(folder) > UNMARKED_BUILD_GRACE_S and not _process_alive(pid)
+        return _idle_seconds(folder) > UNMARKED_BUILD_GRACE_S and not pid_alive(pid)
     if space == _pid_space():
-        return not _process_alive(pid)
+        return not pid_alive(pid)
     return _idle_seconds(folder) > FOREIGN_BUILD_STALE_AFTER_S
 
 
@@ -153,18 +154,6 @@ def _pid_space() -> str:
     except OSError:
         namespace = ""
     return f"{socket.gethostname()} {namespace}".strip()
-
-
-def _process_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: never judge a build dead
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists but belongs to someone else
-        return True
-    return True
 
 
 def _idle_seconds(folder: Path) -> float:
