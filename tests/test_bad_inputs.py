@@ -35,8 +35,9 @@ def world(tmp_path_factory, csv_run) -> dict:
     synth = base / "synth"
     synth.mkdir()
     (synth / "keep.txt").write_text("someone's file\n")
-    return {"data": csv_run["data"], "run": csv_run["run"], "victim": victim, "base": base, "cache": csv_run["cache"],
-            "file": plain_file, "synth": synth}
+    yield {"data": csv_run["data"], "run": csv_run["run"], "victim": victim, "base": base, "cache": csv_run["cache"],
+           "file": plain_file, "synth": synth}
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _snapshot(*roots: Path) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ def folder(tmp_path_factory):
     base = tmp_path_factory.mktemp("compare")
     rows = random_csv_rows(24, ["A", "B", "C"], seed=3)
     data = write_csv_folder(base / "data", ["image", "A", "B", "C"], rows)
-    return base, data
+    yield base, data
+    shutil.rmtree(base, ignore_errors=True)  # a dozen runs' checkpoints: the disk is not the suite's to fill
 
 
 def _overrides(base, data):

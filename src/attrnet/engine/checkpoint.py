@@ -15,6 +15,10 @@ from attrnet.inference.checkpoint import (CHECKPOINT_VERSION, KIND_ATTRIBUTE_NET
                                           network_from_checkpoint, resolve_checkpoint)
 
 
+# Kept in checkpoints/last.pt only: the optimizer's moments are twice the model's size and no one predicts with them.
+RESUME_ONLY = ("optimizer", "scheduler", "weighting")
+
+
 def save_checkpoint(path: str | Path, **state: Any) -> None:
     """Write atomically (temp file, then rename): a run killed mid-write leaves the old file intact."""
     state.setdefault("kind", KIND_ATTRIBUTE_NET)

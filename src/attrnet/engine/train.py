@@ -20,7 +20,7 @@ from attrnet.config import Config
 from attrnet.data.augment import augment, mixup, normalize, random_affine
 from attrnet.data.batches import BatchLoader
 from attrnet.engine import distributed as ddp
-from attrnet.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from attrnet.engine.checkpoint import RESUME_ONLY, load_checkpoint, load_weights, save_checkpoint
 from attrnet.engine.run_folder import check_run_folder, start_run_folder
 from attrnet.engine.evaluate import finish, predict_logits
 from attrnet.engine.setup import (Precision, PreparedData, first_epoch_order, loader_images, make_loader,
@@ -296,8 +296,8 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
                          best_metric=max(best, score), ema=ema.module.state_dict() if ema is not None else None,
                          weighting=weighting.state_dict(),
                          **model_meta(cfg, names, data.groups, model.normalization))
-            if score > best:
-                save_checkpoint(ckpt_dir / "best.pt", **state)
+            if score > best:  # the model file: what resuming alone needs stays in last.pt (a third the size)
+                save_checkpoint(ckpt_dir / "best.pt", **{k: v for k, v in state.items() if k not in RESUME_ONLY})
             save_checkpoint(last_path, **state)  # last: written after best, so resume never skips a best
             _write_history(run_dir, history)
             log.info("epoch %d/%d  loss %.4f  val acc %s  %.1fs  %.0f img/s", epoch + 1, cfg.train.epochs,
