@@ -27,7 +27,9 @@ GROUPS = {"face": ["Male", "Smiling", "Wearing_Lipstick"],
           "accessories": ["Eyeglasses", "Wearing_Hat", "Wearing_Earrings"],
           "neck": ["Wearing_Necklace", "Wearing_Necktie"]}
 # Small and quick: 32 px, one epoch of two steps, a few outer iterations of the solver.
-FAST = {"train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 2, "device": "cpu"},
+# fp32: these tests compare training modes number for number; bf16 autocast (auto on a CPU with native bf16)
+# rounds each differently, and its own agreement is test_precision's.
+FAST = {"train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 2, "device": "cpu", "precision": "fp32"},
         "mtl": {"enabled": True, "feature_epochs": 1, "max_outer": 3, "inner_max_iter": 30}}
 
 
@@ -377,7 +379,7 @@ def write_awa2(root: Path) -> Path:
     return root
 
 
-CLI_FAST = ["data.image_size=32", "train.epochs=1", "train.batch_size=8", "train.max_steps_per_epoch=1",
+CLI_FAST = ["data.image_size=32", "train.precision=fp32", "train.epochs=1", "train.batch_size=8", "train.max_steps_per_epoch=1",
             "train.device=cpu", "mtl.max_outer=2", "mtl.inner_max_iter=20"]
 
 
