@@ -375,3 +375,20 @@ def test_seed_config_with_pretrained_weights_sums_them_for_grey(tmp_path):
         tuned = load_config(configs / name)
         assert tuned.model.pretrained is True and tuned.model.backbone == "mobilenet_v2"
         assert tuned.train.backbone_lr_scale < 1 and tuned.train.freeze_backbone_epochs >= 1
+
+
+def test_the_lite0_config_reads_the_file_offline_weights_sh_writes(tmp_path, monkeypatch):
+    """configs/celeba-pretrained-lite0.yaml: timm's Lite0 with the converted file in torch hub's folder under ~;
+    where that file is missing, loading the config says so (one error naming the path), before any work."""
+    from pathlib import Path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = Path(__file__).resolve().parent.parent / "configs" / "celeba-pretrained-lite0.yaml"
+    weights = tmp_path / ".cache/torch/hub/checkpoints/tf_efficientnet_lite0.lukemelas_in1k-57934424.pth"
+    with pytest.raises(AttrnetError, match=f"no such weights file: {weights}"):
+        load_config(config)
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    cfg = load_config(config)
+    assert (cfg.model.backbone, cfg.model.pretrained) == ("timm/tf_efficientnet_lite0", str(weights))
+    assert cfg.train.backbone_lr_scale < 1 and cfg.train.freeze_backbone_epochs >= 1
