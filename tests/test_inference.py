@@ -184,3 +184,17 @@ def test_onnx_and_hub_match_pytorch_on_200_real_celeba_images(tmp_path, run, cap
     assert torch_probs.shape == (200, 2)
     assert np.abs(onnx_probs - torch_probs).max() <= 1e-4
     assert np.array_equal(hub_probs, torch_probs)
+
+
+def test_the_sidecar_says_which_resize_attrnet_did_and_which_the_weights_wanted():
+    """An ONNX or Hub consumer must resize as attrnet did (antialiased bilinear, in training and in
+    inference), not as the ImageNet weights were trained (bicubic for timm's Lite0); both are written, and
+    reading the description back keeps the weights' own."""
+    from attrnet.inference.sources import ModelInfo
+
+    norm = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
+    info = ModelInfo(kind="attribute_net", attributes=["A"], thresholds=np.array([0.5]), image_size=(32, 32),
+                     grayscale=False, resize="squash", normalization=norm, tta="none", config={})
+    pre = info.to_json()["preprocessing"]
+    assert (pre["interpolation"], pre["weights_interpolation"]) == ("bilinear", "bicubic")
+    assert ModelInfo.from_json(info.to_json(), "x").normalization == norm

@@ -19,6 +19,7 @@ from attrnet.inference.forward import IMAGENET_NORMALIZATION
 HUB_CONFIG = "config.json"
 HUB_WEIGHTS = "model.safetensors"
 HUB_FORMAT = 1
+RESIZE_INTERPOLATION = "bilinear"  # data.images.resize_image: torchvision resize, antialiased bilinear
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -47,7 +48,11 @@ class ModelInfo:
                 "groups": self.groups, "tta": self.tta, "latent": self.latent,
                 "preprocessing": {"image_size": list(self.image_size), "grayscale": self.grayscale,
                                   "color_mode": "L" if self.grayscale else "RGB", "resize": self.resize,
-                                  "interpolation": self.normalization.get("interpolation", "bilinear"),
+                                  # what attrnet's resize did in training and does in inference (an
+                                  # antialiased bilinear resize, data.images.resize_image), whatever the
+                                  # weights were trained with; that one is weights_interpolation
+                                  "interpolation": RESIZE_INTERPOLATION,
+                                  "weights_interpolation": self.normalization.get("interpolation", "bilinear"),
                                   "mean": list(self.normalization["mean"]), "std": list(self.normalization["std"]),
                                   "input": "uint8 [batch, channels, height, width], values 0-255"},
                 "config": self.config, "metrics": self.metrics}
@@ -60,7 +65,8 @@ class ModelInfo:
                        thresholds=np.asarray(obj["thresholds"], dtype=np.float64),
                        image_size=tuple(pre["image_size"]), grayscale=bool(pre["grayscale"]), resize=pre["resize"],
                        normalization={"mean": pre["mean"], "std": pre["std"],
-                                      "interpolation": pre.get("interpolation", "bilinear")},
+                                      "interpolation": pre.get("weights_interpolation",
+                                                               pre.get("interpolation", "bilinear"))},
                        tta=obj.get("tta", "none"), config=obj["config"], groups=obj.get("groups"),
                        metrics=obj.get("metrics"), source=source, latent=obj.get("latent") or {})
         except (KeyError, TypeError, ValueError) as exc:
