@@ -63,4 +63,3 @@ def load_weights_file(model: nn.Module, path: str | Path, classifier: list[str])
     if unexpected:
         log.warning("%s: %d tensors of the file are not used by the backbone, e.g. %s", where, len(unexpected),
                     unexpected[0])
-    log.info("loaded backbone weights from %s", path)
