@@ -105,17 +105,22 @@ def _reason(exc: Exception) -> str:
     return re.sub(r"^\w+, \S+:\d+, ", "", text)[:200] or type(exc).__name__
 
 
+# The one resize of attrnet (the cache, so training and evaluation, and inference): antialiased bilinear.
+RESIZE_INTERPOLATION = TF.InterpolationMode.BILINEAR
+
+
 def resize_image(img: torch.Tensor, size: tuple[int, int], resize: str = "squash") -> torch.Tensor:
     """squash: the whole image to size; crop: scale the short side, then take the centre."""
     if resize == "crop":
         img = _centre_strip(img, size)
         h, w = img.shape[-2:]
         scale = max(size[0] / h, size[1] / w)
-        img = TF.resize(img, [max(size[0], round(h * scale)), max(size[1], round(w * scale))], antialias=True)
+        img = TF.resize(img, [max(size[0], round(h * scale)), max(size[1], round(w * scale))],
+                         interpolation=RESIZE_INTERPOLATION, antialias=True)
         return TF.center_crop(img, list(size))
     if tuple(img.shape[-2:]) == tuple(size):
         return img
-    return TF.resize(img, list(size), antialias=True)
+    return TF.resize(img, list(size), interpolation=RESIZE_INTERPOLATION, antialias=True)
 
 
 def _centre_strip(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

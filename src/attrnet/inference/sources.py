@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch.nn as nn
 
+from attrnet.data.images import RESIZE_INTERPOLATION
 from attrnet.errors import AttrnetError
 from attrnet.inference.checkpoint import (KIND_ATTRIBUTE_NET, KIND_LATENT_TASK, checkpoint_config, load_checkpoint,
                                           network_from_checkpoint)
@@ -19,7 +20,6 @@ from attrnet.inference.forward import IMAGENET_NORMALIZATION
 HUB_CONFIG = "config.json"
 HUB_WEIGHTS = "model.safetensors"
 HUB_FORMAT = 1
-RESIZE_INTERPOLATION = "bilinear"  # data.images.resize_image: torchvision resize, antialiased bilinear
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -51,7 +51,7 @@ class ModelInfo:
                                   # what attrnet's resize did in training and does in inference (an
                                   # antialiased bilinear resize, data.images.resize_image), whatever the
                                   # weights were trained with; that one is weights_interpolation
-                                  "interpolation": RESIZE_INTERPOLATION,
+                                  "interpolation": RESIZE_INTERPOLATION.value,
                                   "weights_interpolation": self.normalization.get("interpolation", "bilinear"),
                                   "mean": list(self.normalization["mean"]), "std": list(self.normalization["std"]),
                                   "input": "uint8 [batch, channels, height, width], values 0-255"},
