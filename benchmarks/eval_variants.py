@@ -1,11 +1,11 @@
-"""Paired comparison of inference variants of one trained run: which checkpoint (best, last), which weights
-(the trained ones or the EMA average, when the run kept one) and which test-time augmentation (none, flip,
-flip_shift).
+"""Paired comparison of inference variants of one trained run: which checkpoint (best: the model file; last:
+the last epoch), which weights (the trained ones or the EMA average, when the run kept one), which test-time
+augmentation (none, flip, flip_shift), and thresholds at 0.5 or tuned per attribute on the validation split.
 
-Every variant is scored on the same images, so the differences between rows are not training noise.
-Thresholds are tuned on the validation split for each variant and applied to the test split, as `finish`
-does (`test`), or tuned on the 0.01..0.99 grid instead (`test_grid_thresholds`); `*_at_0.5` use 0.5.
-Choose on the `val` columns, read `test` beside them.
+Every variant is scored on the same images, so the differences between rows are not training noise. One JSON
+line per (checkpoint, weights, tta) with the test split's mean accuracy at 0.5 (`test_at_0.5`) and at the
+thresholds tuned on validation (`test_tuned`), mean balanced accuracy and F1 at 0.5, and the validation
+accuracy at 0.5 (`val_at_0.5`, what best-by-validation selection looks at).
 
 usage: python benchmarks/eval_variants.py RUN_DIR [--device cpu] [--batch-size 256] [--tta none,flip,flip_shift]
                                          [--weights trained,ema] [--checkpoints best,last]
@@ -21,10 +21,10 @@ import torch
 
 from attrnet import metrics
 from attrnet.config import config_from_dict
-from attrnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from attrnet.engine.setup import images_for_device, make_loader, prepare_data, resolve_device
+from attrnet.engine.checkpoint import load_checkpoint, network_from_checkpoint
 from attrnet.engine.evaluate import predict_probs
-from attrnet.engine.setup import Precision
+from attrnet.engine.setup import Precision, images_for_device, make_loader, prepare_data, resolve_device
+from attrnet.inference.forward import make_normalize
 
 
 def main() -> None:
@@ -44,24 +44,25 @@ def main() -> None:
     images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
     precision = Precision(cfg, device)
     names = data.table.names
+    normalize = make_normalize(first.get("normalization"), 1 if cfg.data.grayscale else 3).to(device)
     loaders = {s: make_loader(images, data, data.indices(s), args.batch_size, device, False) for s in ("val", "test")}
     for which in args.checkpoints.split(","):
         ckpt = load_checkpoint(run / "checkpoints" / f"{which}.pt")
         for weights in [w for w in args.weights.split(",") if w == "trained" or ckpt.get("ema")]:
-            state = dict(ckpt, ema=None) if weights == "trained" else ckpt
+            model = network_from_checkpoint(dict(ckpt, ema=None) if weights == "trained" else ckpt).to(device)
+            if precision.channels_last:
+                model = model.to(memory_format=torch.channels_last)
             for tta in args.tta.split(","):
-                model = model_from_checkpoint(state, tta).to(device)
-                if precision.channels_last:
-                    model = model.to(memory_format=torch.channels_last)
-                vp, vl = predict_probs(model, loaders["val"], precision)
-                tp, tl = predict_probs(model, loaders["test"], precision)
-                thresholds = metrics.tune_thresholds(vp, vl, cfg.train.threshold_metric)
-                on_grid = metrics.tune_thresholds(vp, vl, cfg.train.threshold_metric, grid=True)
-                row = {"checkpoint": which, "epoch": ckpt["epoch"] + 1, "weights": weights, "tta": tta,
-                       "val_at_0.5": metrics.attribute_metrics(vp, vl, names, 0.5)["mean_accuracy"],
-                       "test_at_0.5": metrics.attribute_metrics(tp, tl, names, 0.5)["mean_accuracy"],
-                       "test": metrics.attribute_metrics(tp, tl, names, thresholds)["mean_accuracy"],
-                       "test_grid_thresholds": metrics.attribute_metrics(tp, tl, names, on_grid)["mean_accuracy"]}
+                vp, vl = predict_probs(model, loaders["val"], precision, tta=tta, normalize=normalize)
+                tp, tl = predict_probs(model, loaders["test"], precision, tta=tta, normalize=normalize)
+                at_half = metrics.attribute_metrics(tp, tl, names, 0.5)
+                tuned = metrics.tune_thresholds(vp, vl, cfg.train.threshold_metric) if len(vl) else 0.5
+                row = {"run": str(run), "checkpoint": which, "epoch": ckpt["epoch"] + 1,
+                       "swa": bool(ckpt.get("swa")), "weights": weights, "tta": tta,
+                       "val_at_0.5": metrics.attribute_metrics(vp, vl, names, 0.5)["mean_accuracy"] if len(vl) else None,
+                       "test_at_0.5": at_half["mean_accuracy"],
+                       "test_tuned": metrics.attribute_metrics(tp, tl, names, tuned)["mean_accuracy"],
+                       "test_balanced_at_0.5": at_half["mean_balanced_accuracy"], "test_f1_at_0.5": at_half["mean_f1"]}
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
 

@@ -181,11 +181,12 @@ def test_fit_with_mixup_trains(tmp_path, monkeypatch):
     reports) is the BCE against those blended targets."""
     import csv
 
+    import attrnet.engine.batch as batch_mod
     import attrnet.engine.train as train_mod
     from attrnet.engine.train import fit
     from conftest import random_csv_rows, tiny_config, write_csv_folder
 
-    real_mixup, real_bce = train_mod.mixup, train_mod.attribute_bce
+    real_mixup, real_bce = batch_mod.mixup, train_mod.attribute_bce
     mixes, steps = [], []
 
     def spy_mixup(x, y, lam, perm):
@@ -200,7 +201,7 @@ def test_fit_with_mixup_trains(tmp_path, monkeypatch):
             steps.append({"logits": logits.detach().clone(), "targets": targets.clone(), "loss": loss.item()})
         return losses
 
-    monkeypatch.setattr(train_mod, "mixup", spy_mixup)
+    monkeypatch.setattr(batch_mod, "mixup", spy_mixup)
     monkeypatch.setattr(train_mod, "attribute_bce", spy_bce)
     data = write_csv_folder(tmp_path / "d", ["image", "A", "B"], random_csv_rows(12, ["A", "B"]))
     cfg = tiny_config(tmp_path / "c", data__root=data, data__format="csv", train__mixup=0.4, train__epochs=2)

@@ -49,6 +49,23 @@ def _add_train(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
 
 
+def _add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="train one model from the labels and several trained models' predictions",
+                       description="Distillation: the student's training targets are the labels blended with the "
+                                   "teachers' mean probability (train.teachers, train.distill_weight); the teachers' "
+                                   "and their ensemble's test figures go to RUN/teachers.json.")
+    p.add_argument("teachers", nargs="+", metavar="TEACHER... [key=value ...]",
+                   help="run folders (or .pt checkpoints) of trained models, then dotted config overrides of the "
+                        "student's config")
+    p.add_argument("--out", required=True, help="the student's run folder")
+    p.add_argument("--config", help="the student's YAML config (default: the first teacher's config.yaml)")
+    p.add_argument("--weight", type=_amount(0), default=0.5,
+                   help="w in target = (1 - w) label + w teachers' probability (default 0.5)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder's checkpoints and metrics")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (same as train.device=...)")
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained model on labelled images",
                        description="Metrics per attribute at the checkpoint's tuned thresholds.")
@@ -218,20 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an internal error")
     parser.add_argument("--version", action="version", version=f"attrnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_demo, _add_train, _add_evaluate, _add_predict, _add_data, _add_bench, _add_export,
+    for add in (_add_demo, _add_train, _add_distill, _add_evaluate, _add_predict, _add_data, _add_bench, _add_export,
                 _add_checkpoint, _add_compare, _add_serve, _add_card):
         add(sub)
     return parser
 
 
-def cmd_train(args) -> None:
+def cmd_train(args, extra: list[str] | None = None) -> None:
     from attrnet.config import load_config
     from attrnet.engine.train import fit
     from attrnet.report import format_table
 
     if args.resume and args.overwrite:
         raise AttrnetError("--resume and --overwrite contradict each other: continue the run, or replace it")
-    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+    overrides = (extra or []) + list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "default")
     atomic.check_writable(out, folder=True)
@@ -244,6 +261,25 @@ def cmd_train(args) -> None:
         print(format_table(result))
         what = "metrics.json, mtl_model.pt, cnn/, plots/" if cfg.mtl.enabled else "metrics.json, checkpoints/, plots/"
         print(f"\nrun folder: {out}  ({what})")
+
+
+def cmd_distill(args) -> None:
+    from attrnet.inference.checkpoint import resolve_checkpoint
+
+    # argparse cannot split two lists of positionals: the overrides are the items from the first key=value on
+    first = next((i for i, a in enumerate(args.teachers) if "=" in a and not Path(a).exists()), len(args.teachers))
+    args.overrides = args.teachers[first:]
+    teachers = [str(Path(t).expanduser().resolve()) for t in args.teachers[:first]]
+    if not teachers:
+        raise AttrnetError("distill needs at least one TEACHER run folder before the key=value overrides")
+    for t in teachers:
+        resolve_checkpoint(t)  # a missing or unreadable teacher is reported before anything else
+    if args.config is None:
+        first = Path(teachers[0])
+        args.config = str((first if first.is_dir() else first.parent.parent) / "config.yaml")
+        if not Path(args.config).is_file():
+            raise AttrnetError(f"{teachers[0]} has no config.yaml beside it: give the student's --config")
+    cmd_train(args, [f"train.teachers={json.dumps(teachers)}", f"train.distill_weight={args.weight}"])
 
 
 def cmd_evaluate(args) -> None:
@@ -382,12 +418,26 @@ def cmd_compare(args) -> None:
           f"wrote {', '.join(str(p) for p in result['paths'].values())}")
 
 
-COMMANDS = {"checkpoint": cmd_checkpoint, "export": cmd_export, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
+COMMANDS = {"checkpoint": cmd_checkpoint, "export": cmd_export, "train": cmd_train, "distill": cmd_distill, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
             "demo": cmd_demo, "bench": cmd_bench, "compare": cmd_compare, "serve": cmd_serve, "card": cmd_card}
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse, with the key=value overrides (and distill's teachers) allowed after options as well as before:
+    argparse matches a command's positionals in one block, so `train --out R a=1 --config C b=2` would leave b=2
+    unrecognised."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    listed = getattr(args, "teachers" if args.command == "distill" else "overrides", None)
+    if extra:
+        if not isinstance(listed, list) or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        listed.extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     if int(os.environ.get("RANK", "0") or 0) != 0:
         level = logging.WARNING  # under torchrun only rank 0 reports progress

@@ -52,6 +52,9 @@ class ModelConfig:
     head_hidden: int = 0              # 0 = one linear classifier per attribute; >0 = an MLP head per attribute
     head: str = "independent"         # independent (one head per attribute) | latent (w_m = L s^m)
     latent_tasks: int = 0             # K for head=latent; 0 = min(M, 16)
+    drop_path: float = 0.0            # stochastic depth: the deepest residual block is skipped with this
+                                      # probability in training, shallower ones linearly less (timm models,
+                                      # torchvision's mobilenet_v2 and models with stochastic_depth_prob)
     tta: str = "none"                 # test-time augmentation in validation, evaluate and predict:
                                       # none | flip (mean of the image's and its mirror image's logits) |
                                       # flip_shift (10 views: those two, each also moved by 1/16 of the
@@ -75,10 +78,27 @@ class TrainConfig:
     flip: bool = True
     shift: float = 0.0625             # random shift, as a fraction of the image size
     scale: float = 0.0                # random zoom-in up to this fraction (0 = none)
+    crop_scale: float = 1.0           # random resized crop: a window of U(crop_scale, 1) of the area (1 = off)
+    crop_ratio: float = 1.0           # ... with its aspect ratio log-uniform in [1/crop_ratio, crop_ratio]
+    color_jitter: float = 0.0         # brightness, contrast, saturation each x U(1 - c, 1 + c) per image
+    auto_augment: str = "none"        # none | trivial (TrivialAugmentWide) | randaugment (2 ops, magnitude 9)
     label_smoothing: float = 0.0      # targets pulled toward 0.5 by this amount
     mixup: float = 0.0                # mixup: each batch blended with a shuffled copy of itself, weight
                                       # drawn from Beta(mixup, mixup), targets blended alike (0 = off)
+    cutmix: float = 0.0               # CutMix: a box of a shuffled copy pasted in, targets blended by its area,
+                                      # weight from Beta(cutmix, cutmix); with mixup too, one of the two per batch
     ema: float = 0.0                  # weight EMA decay (e.g. 0.999); evaluation then uses the averaged weights
+    swa_epochs: int = 0               # stochastic weight averaging: the model file is the mean of the weights at
+                                      # the end of the last swa_epochs epochs, BatchNorm statistics recomputed
+    select: str = "best"              # the model file: best (the epoch with the best validation mean accuracy)
+                                      # | last (the last epoch: no choice made on the validation split)
+    tune_thresholds: bool = True      # per-attribute thresholds tuned on validation (false: 0.5 for all)
+    layer_decay: float = 1.0          # layer-wise lr decay: the backbone's k-th block from the top learns at
+                                      # lr x backbone_lr_scale x layer_decay^k (1 = one lr for the backbone)
+    teachers: list = field(default_factory=list)  # distillation (attrnet distill): run folders whose mean
+                                      # probability is blended into the training targets
+    distill_weight: float = 0.5       # target = (1 - w) label + w teachers' probability (the teachers' alone
+                                      # where the label is unknown)
     freeze_bn: bool = False           # BatchNorm in eval mode while training: running statistics frozen,
                                       # affine weights still learnt (fine-tuning; exact multi-rank CPU runs)
     threshold_metric: str = "accuracy"  # what per-attribute thresholds are tuned for on val
@@ -218,6 +238,12 @@ def validate(cfg: Config, origin: str = "config") -> None:
                 setattr(obj, key, rule(getattr(obj, key)))
             except ValueError as exc:
                 raise AttrnetError(f"{origin}: {section}.{key} {exc}") from None
+    if cfg.train.swa_epochs > cfg.train.epochs:
+        raise AttrnetError(f"{origin}: train.swa_epochs ({cfg.train.swa_epochs}) must be at most train.epochs "
+                           f"({cfg.train.epochs}): it averages the weights of the last swa_epochs epochs")
+    if cfg.train.swa_epochs and cfg.train.select != "last":
+        raise AttrnetError(f"{origin}: train.swa_epochs makes the average of the last epochs the model file; "
+                           f"set train.select=last with it (best would pick one epoch instead)")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         raise AttrnetError(f"{origin}: data.val_fraction + data.test_fraction must be below 1 (some images "
                            f"must be left to train on), got {cfg.data.val_fraction} + {cfg.data.test_fraction}")
@@ -276,6 +302,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         value = getattr(getattr(cfg, section), key)
         if isinstance(value, str):
             setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
+    cfg.train.teachers = [str(Path(t).expanduser().resolve()) for t in cfg.train.teachers]
     if isinstance(cfg.model.pretrained, str) and not Path(cfg.model.pretrained).is_file():
         raise AttrnetError(f"{origin}: model.pretrained: no such weights file: {cfg.model.pretrained}")
     return cfg
@@ -287,9 +314,15 @@ PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("model", "pretrained"))
 def _anchor_paths(raw: dict, base: Path) -> dict:
     """Relative path values made absolute against `base` (values that are not paths are left for validation)."""
     out = {k: dict(v) for k, v in raw.items()}
+
+    def anchored(value: str) -> str:
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
     for section, key in PATH_KEYS:
         value = out.get(section, {}).get(key)
         if isinstance(value, str) and value:
-            p = Path(value).expanduser()
-            out[section][key] = str(p if p.is_absolute() else (base / p).resolve())
+            out[section][key] = anchored(value)
+    teachers = out.get("train", {}).get("teachers")
+    if isinstance(teachers, list):
+        out["train"]["teachers"] = [anchored(t) if isinstance(t, str) and t else t for t in teachers]
     return out

@@ -21,6 +21,8 @@ PRECISIONS = ("auto", "bf16", "fp32")                      # attrnet.engine.setu
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "f1")  # attrnet.metrics.TUNABLE
 GROUP_PRESETS = ("celeba", "clothing", "awa2")             # attrnet.data.groups.PRESET_GROUPS
 GRID_KEYS = ("mu", "gamma", "lam", "latent_tasks", "baseline_lam")  # attrnet.mtl.pipeline
+AUTO_AUGMENTS = ("none", "trivial", "randaugment")        # attrnet.data.augment.AUTO_AUGMENTS
+SELECTIONS = ("best", "last")                              # attrnet.engine.train (the model file's epoch)
 WEIGHTINGS = ("ew", "uw", "dwa", "rlw", "famo", "mgda", "pcgrad", "cagrad", "imtl_g")  # attrnet.weighting.METHODS
 
 # The eight attributes of the original CelebA script (seed 000).
@@ -175,6 +177,13 @@ def _grid(value: Any) -> Any:
     return out
 
 
+def _paths(value: Any) -> list:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"must be a list of paths (run folders or checkpoints), got {value!r}")
+    _no_repeats(value)
+    return list(value)
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"must be a non-empty string, got {value!r}")
@@ -237,6 +246,7 @@ RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
         "backbone": _backbone, "pretrained": _pretrained, "small_input": _flag, "trunk": _trunk,
         "trunk_dropout": FRACTION, "dropout": FRACTION, "head_hidden": COUNT,
         "head": _choice("independent", "latent"), "latent_tasks": COUNT, "tta": _choice(*TTA_MODES),
+        "drop_path": FRACTION,
     },
     "train": {
         "epochs": POSITIVE, "batch_size": POSITIVE, "lr": _number(float, 0, low_open=True),
@@ -247,6 +257,10 @@ RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
         "freeze_bn": _flag, "threshold_metric": _choice(*THRESHOLD_METRICS), "max_steps_per_epoch": COUNT,
         "log_every": POSITIVE, "weighting": _choice(*WEIGHTINGS), "weighting_args": _weighting_args,
         "backbone_lr_scale": _number(float, 0, low_open=True), "freeze_backbone_epochs": COUNT,
+        "crop_scale": _number(float, 0, 1, low_open=True), "crop_ratio": _number(float, 1, 4),
+        "color_jitter": FRACTION, "auto_augment": _choice(*AUTO_AUGMENTS), "cutmix": NON_NEGATIVE,
+        "swa_epochs": COUNT, "select": _choice(*SELECTIONS), "tune_thresholds": _flag,
+        "layer_decay": _number(float, 0, 1, low_open=True), "teachers": _paths, "distill_weight": _number(float, 0, 1),
     },
     "mtl": {
         "enabled": _flag, "features": _choice("shared", "per_attribute"), "latent_tasks": COUNT,

@@ -16,7 +16,7 @@ from attrnet.inference.checkpoint import (CHECKPOINT_VERSION, KIND_ATTRIBUTE_NET
 
 
 # Kept in checkpoints/last.pt only: the optimizer's moments are twice the model's size and no one predicts with them.
-RESUME_ONLY = ("optimizer", "scheduler", "weighting")
+RESUME_ONLY = ("optimizer", "scheduler", "weighting", "swa_weights", "swa_count")
 
 
 def save_checkpoint(path: str | Path, **state: Any) -> None:

@@ -106,7 +106,8 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
 
 
 def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, precision, dist, history) -> dict:
-    """Load best.pt, tune per-attribute thresholds on val, evaluate on test, write JSON and plots."""
+    """Load best.pt, tune per-attribute thresholds on val (train.tune_thresholds), evaluate on test, write JSON
+    and plots."""
     names = data.table.names
     val_idx, test_idx = data.indices("val"), data.indices("test")
     best_path = run_dir / "checkpoints" / "best.pt"
@@ -123,7 +124,7 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, preci
         return predict_probs(model, loader, precision, dist, tta=cfg.model.tta, normalize=normalize)
 
     thresholds = np.full(len(names), 0.5)
-    if len(val_idx):
+    if len(val_idx) and cfg.train.tune_thresholds:
         thresholds = metrics.tune_thresholds(*score(val_idx), cfg.train.threshold_metric)
     probs, labels = score(test_idx if len(test_idx) else val_idx)
     result = evaluation_report(probs, labels, names, thresholds, data.groups)

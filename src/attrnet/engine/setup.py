@@ -32,6 +32,8 @@ class PreparedData:
     partition: np.ndarray
     groups: dict[str, list[str]] | None
     bad_images: str = "skip"
+    targets: np.ndarray | None = None  # what the training batches learn instead of the labels (distillation's
+                                       # soft targets); validation and test always score against the labels
 
     @property
     def decoding(self) -> bool:
@@ -131,8 +133,10 @@ def images_for_device(decoded: DecodedImages, device: torch.device, mode) -> tor
 
 def make_loader(images, data: PreparedData, idx: np.ndarray, batch_size: int, device: torch.device,
                 train: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> BatchLoader:
-    """Batches of rows idx; while data is still decoding, each batch waits for its rows first."""
-    return BatchLoader(images, data.table.labels, idx, batch_size, device, shuffle=train, seed=seed,
+    """Batches of rows idx; while data is still decoding, each batch waits for its rows first. Training
+    batches carry data.targets where there are some, the labels otherwise."""
+    labels = data.targets if train and data.targets is not None else data.table.labels
+    return BatchLoader(images, labels, idx, batch_size, device, shuffle=train, seed=seed,
                        drop_last=_drops_last(train, idx, batch_size), rank=rank, world_size=world_size,
                        ready=data.decoded.wait if data.decoding else None)
 

@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import io
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -17,69 +16,23 @@ from tqdm import tqdm
 
 from attrnet import atomic, metrics
 from attrnet.config import Config
-from attrnet.data.augment import augment, mixup, normalize, random_affine
 from attrnet.data.batches import BatchLoader
 from attrnet.engine import distributed as ddp
-from attrnet.engine.checkpoint import RESUME_ONLY, load_checkpoint, load_weights, save_checkpoint
+from attrnet.engine.averaging import WeightAverage, WeightEMA, make_ema, recompute_batchnorm  # noqa: F401
+from attrnet.engine.batch import augment_batch, mixup_rng, prepare_batch  # noqa: F401 - re-exported
+from attrnet.engine.optim import build_optimizer, build_scheduler, compute_pos_weight  # noqa: F401
+from attrnet.engine.checkpoint import LOADED_ONLY, RESUME_ONLY, load_checkpoint, load_weights, save_checkpoint
 from attrnet.engine.run_folder import check_run_folder, start_run_folder
 from attrnet.engine.evaluate import finish, predict_logits
 from attrnet.engine.setup import (Precision, PreparedData, first_epoch_order, loader_images, make_loader,
                                   prepare_data, resolve_device)
 from attrnet.errors import AttrnetError
 from attrnet.losses import attribute_bce, masked_bce
-from attrnet.models.backbones import IMAGENET_NORMALIZATION, weights_normalization
+from attrnet.models.backbones import IMAGENET_NORMALIZATION
 from attrnet.models.build import build_model
 from attrnet.weighting import Weighting, cut, make_weighting
 
 log = logging.getLogger(__name__)
-
-
-def build_optimizer(params, cfg: Config, device: torch.device, matrix_ndim: int = 2) -> torch.optim.Optimizer:
-    """AdamW over a module's (or a list of) trainable tensors; weight decay only on those with at least
-    `matrix_ndim` dimensions, i.e. not on biases and norm parameters (3 for weights stacked over models);
-    fused kernels on GPU.
-
-    Fine-tuning (train.backbone_lr_scale != 1, a model with a `backbone`): the backbone's tensors get
-    lr x backbone_lr_scale in groups of their own, after the trunk's and heads' (group 0 keeps train.lr: the
-    lr that the history logs and that the latent head's proximal steps use)."""
-    module = params if isinstance(params, nn.Module) else None
-    params = [p for p in (module.parameters() if module is not None else params) if p.requires_grad]
-    parts = [(params, cfg.train.lr)]
-    if module is not None and hasattr(module, "backbone") and cfg.train.backbone_lr_scale != 1:
-        body = {id(p) for p in module.backbone.parameters()}
-        parts = [([p for p in params if id(p) not in body], cfg.train.lr),
-                 ([p for p in params if id(p) in body], cfg.train.lr * cfg.train.backbone_lr_scale)]
-    groups = []
-    for tensors, lr in parts:
-        groups += [{"params": [p for p in tensors if p.ndim >= matrix_ndim], "weight_decay": cfg.train.weight_decay,
-                    "lr": lr},
-                   {"params": [p for p in tensors if p.ndim < matrix_ndim], "weight_decay": 0.0, "lr": lr}]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=device.type == "cuda")
-
-
-def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
-    total = max(1, cfg.train.epochs * steps_per_epoch)
-    kind = cfg.train.schedule
-    if kind == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total)
-    if kind == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    if kind != "cosine":
-        raise AttrnetError(f"unknown train.schedule {kind!r}; valid: cosine, onecycle, constant")
-    warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total - 1)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def compute_pos_weight(labels: np.ndarray) -> torch.Tensor:
-    """negatives / positives per attribute on the training rows, clipped to [0.05, 50]."""
-    pos = np.nansum(labels, axis=0)
-    neg = np.sum(labels == 0, axis=0)
-    return torch.tensor(np.clip(neg / np.maximum(pos, 1), 0.05, 50.0), dtype=torch.float32)
 
 
 def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler, cfg: Config,
@@ -152,36 +105,6 @@ def network(model: nn.Module) -> nn.Module:
             return model
 
 
-def mixup_rng(cfg: Config, epoch: int) -> np.random.Generator | None:
-    """The host generator of an epoch's mixup weights (None without mixup)."""
-    return np.random.default_rng([cfg.train.seed, epoch, 7]) if cfg.train.mixup > 0 else None
-
-
-def prepare_batch(x: torch.Tensor, y: torch.Tensor, cfg: Config, gen: torch.Generator,
-                  mix_rng: np.random.Generator | None, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training batch as every trainer sees it: augmented (train.flip/shift/scale), normalised, and blended
-    with mixup (train.mixup; soft targets, unknown labels stay unknown)."""
-    x = augment_batch(x, cfg, gen, channels_last and mix_rng is None)
-    if mix_rng is not None:  # the weight is a host number drawn from a seeded generator: no device sync
-        perm = torch.randperm(x.shape[0], device=x.device, generator=gen)
-        x, y = mixup(x, y, float(mix_rng.beta(cfg.train.mixup, cfg.train.mixup)), perm)
-        if channels_last:  # once, after the blend
-            x = x.contiguous(memory_format=torch.channels_last)
-    return x, y
-
-
-def augment_batch(x: torch.Tensor, cfg: Config, gen: torch.Generator, channels_last: bool) -> torch.Tensor:
-    """uint8 batch -> augmented, normalised float batch (all on the batch's device), normalised with the
-    mean and std of the backbone's weights (ImageNet's for a network trained from scratch)."""
-    t = cfg.train
-    norm = weights_normalization(cfg.model.backbone, cfg.model.pretrained)
-    mean, std = norm["mean"], norm["std"]
-    if t.scale > 0:
-        x = random_affine(normalize(x, mean=mean, std=std), t.flip, t.shift, t.scale, gen)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-    return normalize(augment(x, t.flip, t.shift, gen), channels_last=channels_last, mean=mean, std=std)
-
-
 def _write_history(run_dir: Path, history: list[dict]) -> None:
     keys = list(dict.fromkeys(k for row in history for k in row))
     buf = io.StringIO()
@@ -215,10 +138,25 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
             data = prepare_data(cfg, progress=progress and dist.is_main,
                                 first_batches=first_epoch_order(cfg) if overlap else None)
     try:
-        return _fit(cfg, run_dir, data, dist, device, resume, progress, overwrite)
+        report = distillation_targets(cfg, data, device) if cfg.train.teachers and data.targets is None else None
+        result = _fit(cfg, run_dir, data, dist, device, resume, progress, overwrite)
+        if report is not None and dist.is_main:
+            atomic.write_json(run_dir / "teachers.json", report)
+        return result
     finally:
         if data.decoding:  # stopped during the first epoch: no half-built cache left behind
             data.decoded.abort()
+
+
+def distillation_targets(cfg: Config, data: PreparedData, device: torch.device) -> dict:
+    """Set data.targets to the labels blended with the teachers' mean probability (engine.distill); returns
+    the teachers' and their ensemble's test figures."""
+    from attrnet.engine.distill import soft_targets, teacher_probabilities, teacher_report
+
+    probs = teacher_probabilities(cfg.train.teachers, data.table, str(device))
+    data.targets = soft_targets(data.table.labels, np.mean(probs, axis=0), cfg.train.distill_weight)
+    test = data.indices("test")
+    return teacher_report([p[test] for p in probs], data.table.labels[test], data.table.names, cfg.train.teachers)
 
 
 def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, device: torch.device, resume: bool,
@@ -238,30 +176,19 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
     pos_weight = compute_pos_weight(data.table.labels[train_idx]).to(device) if cfg.train.pos_weight else None
     weighting = make_weighting_for(cfg, len(names), device, dist)
 
-    start_epoch, history, best = 0, [], -1.0
     last_path = ckpt_dir / "last.pt"
-    if resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path)
-        check_attributes(ckpt, names, last_path)
-        load_weights(model, ckpt["model"], str(last_path))
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise AttrnetError(f"{last_path}: its optimizer state does not fit this run ({exc})") from None
-        start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best_metric"]
-        if ckpt.get("weighting"):  # the weighting's own state (none for equal weighting)
-            weighting.load_state_dict(ckpt["weighting"])
-        log.info("resumed from %s at epoch %d", last_path, start_epoch + 1)
-    elif resume:
-        log.warning("--resume: no %s yet, starting from scratch", last_path)
-
+    ckpt = _resumed(last_path, t, weighting, names) if resume else None
+    start_epoch, history, best = (ckpt["epoch"] + 1, ckpt["history"], ckpt["best_metric"]) if ckpt else (0, [], -1.0)
     ema = make_ema(model, cfg.train.ema)
-    if ema is not None and resume and last_path.is_file() and ckpt.get("ema"):
+    if ema is not None and ckpt and ckpt.get("ema"):
         load_weights(ema.module, ckpt["ema"], f"{last_path} (EMA)")
+    eval_model = ema.module if ema is not None else model
+    swa = WeightAverage(eval_model) if cfg.train.swa_epochs else None  # averages what validation scores
+    if swa is not None and ckpt and ckpt.get("swa_weights"):
+        load_weights(swa.module, ckpt["swa_weights"], f"{last_path} (SWA)")
+        swa.count = int(ckpt["swa_count"])
     after_step = chain(proximal_step_fn(model, cfg, data.groups, names, scheduler),
                        ema.update if ema is not None else None)
-    eval_model = ema.module if ema is not None else model
     # validation normalises as training does: with the backbone's weights' statistics
     from attrnet.inference.forward import make_normalize
     val_normalize = make_normalize(model.normalization, 1 if cfg.data.grayscale else 3).to(device)
@@ -278,16 +205,12 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
         if data.decoding:  # the first epoch overlapped the decoding: finish it, then read the cache
             data.finish_decoding()
             images, train_loader, val_loader = _loaders(cfg, data, device, dist)
+        if swa is not None and epoch >= cfg.train.epochs - cfg.train.swa_epochs:
+            swa.add()
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train/loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
                "seconds": round(seconds, 2), "train/images_per_s": round(steps * cfg.train.batch_size / seconds, 1)}
-        if len(val_loader.indices):
-            logits, labels = predict_logits(eval_model, val_loader, precision, dist, tta=cfg.model.tta,
-                                            normalize=val_normalize)
-            val_loss = masked_bce(logits, labels).item()
-            m = metrics.attribute_metrics(torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy(), names)
-            row.update({"val/loss": round(val_loss, 6), "val/mean_accuracy": m["mean_accuracy"],
-                        "val/mean_balanced_accuracy": m["mean_balanced_accuracy"]})
+        row.update(_validation_row(eval_model, val_loader, precision, dist, cfg, val_normalize, names))
         history.append(row)
         score = row.get("val/mean_accuracy", -train_loss)
         if dist.is_main:
@@ -295,8 +218,12 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
                          scheduler=scheduler.state_dict(), epoch=epoch, history=history,
                          best_metric=max(best, score), ema=ema.module.state_dict() if ema is not None else None,
                          weighting=weighting.state_dict(),
+                         swa_weights=swa.module.state_dict() if swa is not None else None,
+                         swa_count=swa.count if swa is not None else 0,
                          **model_meta(cfg, names, data.groups, model.normalization))
-            if score > best:  # the model file: what resuming alone needs stays in last.pt (a third the size)
+            # the model file: the best epoch on validation, or the latest (train.select); what resuming alone
+            # needs stays in last.pt (a third the size)
+            if score > best or cfg.train.select == "last":
                 save_checkpoint(ckpt_dir / "best.pt", **{k: v for k, v in state.items() if k not in RESUME_ONLY})
             save_checkpoint(last_path, **state)  # last: written after best, so resume never skips a best
             _write_history(run_dir, history)
@@ -305,9 +232,60 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
                      row["train/images_per_s"])
         best = max(best, score)
         ddp.barrier(dist)
+    if swa is not None:
+        _finish_averaging(swa, train_loader, val_loader, val_normalize, precision, dist, cfg, names, ckpt_dir)
     result = finish(cfg, run_dir, data, images, device, precision, dist, history)
     ddp.shutdown(dist)
     return result if dist.is_main else None
+
+
+def _resumed(last_path: Path, t: "Training", weighting: Weighting, names: list[str]) -> dict | None:
+    """last.pt's state loaded into the model, optimizer, schedule and weighting (None: nothing to resume)."""
+    if not last_path.is_file():
+        log.warning("--resume: no %s yet, starting from scratch", last_path)
+        return None
+    ckpt = load_checkpoint(last_path)
+    check_attributes(ckpt, names, last_path)
+    load_weights(t.model, ckpt["model"], str(last_path))
+    try:
+        t.optimizer.load_state_dict(ckpt["optimizer"])
+        t.scheduler.load_state_dict(ckpt["scheduler"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise AttrnetError(f"{last_path}: its optimizer state does not fit this run ({exc})") from None
+    if ckpt.get("weighting"):  # the weighting's own state (none for equal weighting)
+        weighting.load_state_dict(ckpt["weighting"])
+    log.info("resumed from %s at epoch %d", last_path, ckpt["epoch"] + 2)
+    return ckpt
+
+
+def _validation_row(model: nn.Module, loader: BatchLoader, precision, dist, cfg: Config, normalize,
+                    names: list[str]) -> dict:
+    """Validation loss, mean accuracy and balanced accuracy at 0.5 (nothing when there is no validation split)."""
+    if not len(loader.indices):
+        return {}
+    logits, labels = predict_logits(model, loader, precision, dist, tta=cfg.model.tta, normalize=normalize)
+    m = metrics.attribute_metrics(torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy(), names)
+    return {"val/loss": round(masked_bce(logits, labels).item(), 6), "val/mean_accuracy": m["mean_accuracy"],
+            "val/mean_balanced_accuracy": m["mean_balanced_accuracy"]}
+
+
+def _finish_averaging(swa: WeightAverage, train_loader: BatchLoader, val_loader: BatchLoader, normalize, precision,
+                      dist, cfg: Config, names: list[str], ckpt_dir: Path) -> None:
+    """SWA's end: BatchNorm statistics of the averaged weights from the training images (clean, as evaluation
+    sees them), then the average becomes the model file (best.pt) and its validation figures are logged."""
+    def clean_batches():
+        for x, _ in train_loader.epoch(0):
+            x = normalize(x)
+            yield x.contiguous(memory_format=torch.channels_last) if precision.channels_last else x
+    recompute_batchnorm(swa.module, clean_batches(), precision.autocast)
+    row = _validation_row(swa.module, val_loader, precision, dist, cfg, normalize, names)
+    log.info("weights averaged over the last %d epochs: val acc %s", swa.count,
+             f"{row.get('val/mean_accuracy', float('nan')):.4f}")
+    if dist.is_main:
+        ckpt = load_checkpoint(ckpt_dir / "best.pt")
+        ckpt.update(model=swa.module.state_dict(), ema=None, swa={"epochs": swa.count, **row})
+        save_checkpoint(ckpt_dir / "best.pt", **{k: v for k, v in ckpt.items() if k not in LOADED_ONLY})
+    ddp.barrier(dist)
 
 
 def with_resolved_precision(cfg: Config, precision: Precision, dist: ddp.DistInfo) -> Config:
@@ -358,36 +336,6 @@ def _loaders(cfg: Config, data: PreparedData, device: torch.device, dist: ddp.Di
     val = make_loader(images, data, data.indices("val"), cfg.train.batch_size * 2, device, False,
                       rank=dist.rank, world_size=dist.world_size)
     return images, train, val
-
-
-class WeightEMA:
-    """An exponential moving average of a model's weights and BatchNorm statistics: after each step
-    ema <- decay * ema + (1 - decay) * current, for every floating-point entry of the state dict (integer
-    entries, such as BatchNorm's batch counter, are copied). One fused lerp per step and no host sync
-    (torch's AveragedModel copies its step counter to the device on every update, a blocking copy)."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        import copy
-        self.decay = float(decay)
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        # state_dict() values alias the live parameters and buffers, which the optimizer updates in place
-        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
-        self._floats = ([a for a, _ in pairs if a.is_floating_point()], [b for a, b in pairs if a.is_floating_point()])
-        self._others = [(a, b) for a, b in pairs if not a.is_floating_point()]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        if self._floats[0]:
-            torch._foreach_lerp_(self._floats[0], self._floats[1], 1.0 - self.decay)
-        for a, b in self._others:
-            a.copy_(b)
-
-
-def make_ema(model: nn.Module, decay: float) -> WeightEMA | None:
-    """The weight EMA asked for by train.ema (None when 0), starting from the model's current weights."""
-    return WeightEMA(model, decay) if decay else None
 
 
 def chain(*fns):

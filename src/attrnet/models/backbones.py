@@ -85,20 +85,21 @@ def backbone_name_problem(name) -> str | None:
 
 
 def create_backbone(name: str, pretrained: bool | str = False, in_chans: int = 3,
-                    small_input: bool = False) -> nn.Module:
+                    small_input: bool = False, drop_path: float = 0.0) -> nn.Module:
     """A classifier without its classifier, following the contract in this module's docstring.
 
     pretrained: False, True (the source's own weights) or the path of a weights file.
     small_input: keep the spatial detail of 32-64 px images (a stride-1 stem; see adapt_small_input).
+    drop_path: stochastic depth at the deepest residual block (0 = none; attrnet.models.drop_path).
     """
     problem = backbone_name_problem(name)
     if problem:
         raise AttrnetError(f"model.backbone: {problem}")
     if name.startswith(TIMM_PREFIX):
         from attrnet.models.timm_backbones import create_timm_backbone
-        model = create_timm_backbone(name[len(TIMM_PREFIX):], pretrained)
+        model = create_timm_backbone(name[len(TIMM_PREFIX):], pretrained, drop_path)
     else:
-        model = _create_torchvision(name, pretrained)
+        model = _create_torchvision(name, pretrained, drop_path)
     if small_input:
         adapt_small_input(model, name)
     if in_chans != 3:
@@ -153,10 +154,10 @@ def hub_checkpoint(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
-def _create_torchvision(name: str, pretrained: bool | str) -> nn.Module:
+def _create_torchvision(name: str, pretrained: bool | str, drop_path: float = 0.0) -> nn.Module:
     weights = torchvision_weights(name) if pretrained is True else None
     try:
-        model = torchvision.models.get_model(name, weights=weights)
+        model, builder_drop = _build_torchvision(name, weights, drop_path)
     except Exception as exc:  # offline, a broken download, a hash mismatch: urllib, OSError, RuntimeError
         if weights is None:
             raise
@@ -165,6 +166,12 @@ def _create_torchvision(name: str, pretrained: bool | str) -> nn.Module:
                            f"put {hub_checkpoint(weights.url).name} into {hub_checkpoint(weights.url).parent} "
                            f"(benchmarks/offline_weights.sh does this for mobilenet_v2) or set "
                            f"model.pretrained to the path of a weights file") from None
+    if drop_path > 0 and not builder_drop:
+        from attrnet.models.drop_path import add_drop_path
+        if not add_drop_path(model, drop_path):
+            raise AttrnetError(f"model.drop_path: backbone {name} has no residual blocks attrnet can drop "
+                               f"(supported: timm models, torchvision's mobilenet_v2/v3, resnets and the models "
+                               f"whose builders take stochastic_depth_prob); set model.drop_path=0")
     _drop_auxiliary_heads(model)
     if hasattr(model, "transform_input"):
         model.transform_input = False  # see TRANSFORM_INPUT_MODELS: the normalisation does it instead
@@ -179,6 +186,18 @@ def _create_torchvision(name: str, pretrained: bool | str) -> nn.Module:
     if source:
         log.info("backbone %s: weights from %s", name, source)
     return model
+
+
+def _build_torchvision(name: str, weights, drop_path: float) -> tuple[nn.Module, bool]:
+    """torchvision's model, and whether its builder took the stochastic depth (stochastic_depth_prob: the
+    EfficientNets, ConvNeXt, Swin, MaxViT; the other classes refuse the argument before loading anything)."""
+    if drop_path > 0:
+        try:
+            return torchvision.models.get_model(name, weights=weights, stochastic_depth_prob=drop_path), True
+        except TypeError as exc:
+            if "stochastic_depth_prob" not in str(exc):
+                raise
+    return torchvision.models.get_model(name, weights=weights), False
 
 
 def _weights_input_size(weights) -> tuple[int, int]:

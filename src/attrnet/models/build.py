@@ -49,7 +49,8 @@ class AttributeNet(nn.Module):
 
 def build_model(model_cfg, num_attributes: int, in_chans: int) -> AttributeNet:
     """Translate a ModelConfig into an AttributeNet."""
-    backbone = create_backbone(model_cfg.backbone, model_cfg.pretrained, in_chans, model_cfg.small_input)
+    backbone = create_backbone(model_cfg.backbone, model_cfg.pretrained, in_chans, model_cfg.small_input,
+                               model_cfg.drop_path)
     trunk, width = make_trunk(backbone.num_features, list(model_cfg.trunk), model_cfg.trunk_dropout)
     if model_cfg.head == "latent":
         k = model_cfg.latent_tasks or min(num_attributes, 16)

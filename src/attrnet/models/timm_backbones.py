@@ -84,13 +84,20 @@ def cached_weights(name: str) -> Path | None:
     return None
 
 
-def create_timm_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
-    """timm.create_model(name, num_classes=0): the pooled features, classifier removed by timm itself."""
+def create_timm_backbone(name: str, pretrained: bool | str = False, drop_path: float = 0.0) -> nn.Module:
+    """timm.create_model(name, num_classes=0): the pooled features, classifier removed by timm itself;
+    drop_path: timm's drop_path_rate (stochastic depth)."""
     timm = _timm()
     cached = cached_weights(name) if pretrained is True else None
     overlay = {"file": str(cached)} if cached is not None else None
+    extra = {"drop_path_rate": drop_path} if drop_path > 0 else {}
     try:
-        model = timm.create_model(name, pretrained=pretrained is True, num_classes=0, pretrained_cfg_overlay=overlay)
+        model = timm.create_model(name, pretrained=pretrained is True, num_classes=0, pretrained_cfg_overlay=overlay,
+                                  **extra)
+    except TypeError as exc:
+        if extra and "drop_path_rate" in str(exc):
+            raise AttrnetError(f"model.drop_path: timm's {name} takes no drop_path_rate; set model.drop_path=0") from None
+        raise
     except Exception as exc:  # offline (the Hub's HTTP errors are not OSErrors), or a broken download
         if pretrained is not True:
             raise
