@@ -41,8 +41,9 @@ def random_affine(x: torch.Tensor, flip: bool, shift: float, scale: float,
 
     scale: zoom in by up to this fraction of the side. crop_scale < 1 or crop_ratio > 1: a random resized
     crop instead of the zoom (torchvision's RandomResizedCrop, per image on the device): a window of
-    U(crop_scale, 1) of the image's area and aspect ratio log-uniform in [1/crop_ratio, crop_ratio], at a
-    uniform position inside the image, resized to the image's size; shift still moves it by up to `shift`."""
+    U(crop_scale, 1) of the image's area and aspect ratio (relative to the image's) log-uniform in
+    [1/crop_ratio, crop_ratio] as far as such a window fits, at a uniform position inside the image, resized to
+    the image's size; shift still moves it by up to `shift`."""
     b = x.shape[0]
     dev = x.device
     crop = crop_scale < 1.0 or crop_ratio > 1.0
@@ -50,8 +51,11 @@ def random_affine(x: torch.Tensor, flip: bool, shift: float, scale: float,
     sign = torch.where(u[:, 0] < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=dev)
     if crop:
         area = crop_scale + (1.0 - crop_scale) * u[:, 1]
-        ratio = torch.exp((u[:, 4] * 2 - 1) * math.log(crop_ratio))
-        sx, sy = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)  # window / image
+        # the aspect ratio, log-uniform over the part of [1/crop_ratio, crop_ratio] where a window of this area
+        # fits inside the image (ratio in [area, 1/area]): the area is always the one drawn
+        lo = torch.clamp(area.log(), min=-math.log(crop_ratio))
+        ratio = torch.exp(lo + (-2 * lo) * u[:, 4])
+        sx, sy = (area * ratio).sqrt(), (area / ratio).sqrt()   # the window's width and height / the image's
         # the window's centre, uniform where the window stays inside the image, then moved by the shift
         tx = (u[:, 2] * 2 - 1) * (1 - sx) + (u[:, 5] * 2 - 1) * 2 * shift
         ty = (u[:, 3] * 2 - 1) * (1 - sy) + (u[:, 6] * 2 - 1) * 2 * shift
