@@ -29,7 +29,7 @@ class BatchLoader:
     """Yields (uint8 images [B, C, H, W], labels [B, M]) on `device` from rows `indices` of the cache.
 
     images may be a numpy array (memory-mapped cache, sliced on the host and copied over) or a tensor
-    already on the device (the whole cache in GPU memory; batches are then slices there). While the cache is
+    (the whole cache in GPU memory; batches are then slices there, with no copy and no host sync). While the cache is
     still being decoded, `ready` (CacheBuild.wait) is called with each batch's rows before they are read.
     With world_size > 1 every rank draws the same global order and takes its own slice of each
     global batch, so the ranks together see exactly what one process with the same global batch sees.
@@ -41,7 +41,7 @@ class BatchLoader:
         if shuffle and batch_size % world_size:
             raise ValueError(f"global batch {batch_size} is not divisible by world size {world_size}")
         self.images, self.indices = images, np.asarray(indices, dtype=np.int64)
-        self.on_device = isinstance(images, torch.Tensor) and images.device.type != "cpu"
+        self.on_device = isinstance(images, torch.Tensor)  # a tensor cache (a GPU's, or a test's): sliced in place
         self.labels = torch.as_tensor(labels, dtype=torch.float32)
         if self.on_device:
             self.labels = self.labels.to(device)
@@ -61,9 +61,13 @@ class BatchLoader:
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.batch_indices(epoch)
         if self.on_device:
-            # the epoch's indices go to the device in one copy; each batch is then a slice of them
+            # the epoch's indices go to the device in one copy, from pinned memory and without waiting (a copy
+            # from pageable memory would block the host until the GPU has finished the previous epoch's work);
+            # each batch is then a slice of them
             flat = torch.from_numpy(np.concatenate(batches) if batches else np.zeros(0, np.int64))
-            flat = flat.to(self.device)
+            if self.images.device.type == "cuda":
+                flat = flat.pin_memory()
+            flat = flat.to(self.images.device, non_blocking=True)
             start = 0
             for idx in batches:
                 t = flat[start:start + len(idx)]

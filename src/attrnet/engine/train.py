@@ -349,15 +349,17 @@ def proximal_step_fn(model: nn.Module, cfg: Config, groups, names: list[str], sc
     """For the latent-task head: the proximal steps of the paper's penalties after each optimizer step."""
     if cfg.model.head != "latent":
         return None
-    from attrnet.mtl.prox import group_soft_threshold, soft_threshold
+    from attrnet.mtl.prox import block_soft_threshold, group_ids, soft_threshold
 
     head = model.heads
-    group_ids = _group_ids(groups, names)
+    # checked and moved once: a check or a copy per step would wait for a GPU
+    gid = group_ids(_group_ids(groups, names), len(names), head.S.device)
+    n_groups = int(gid.max()) + 1
 
     @torch.no_grad()
     def step() -> None:
         lr = scheduler.get_last_lr()[0]
-        head.S.copy_(group_soft_threshold(head.S, group_ids.to(head.S.device), lr * cfg.mtl.mu))
+        head.S.copy_(block_soft_threshold(head.S, gid, n_groups, lr * cfg.mtl.mu))
         head.L.copy_(soft_threshold(head.L, lr * cfg.mtl.gamma))
     return step
 

@@ -44,11 +44,13 @@ def group_ids(groups_index: "Tensor | Sequence", m: int, device: torch.device | 
     return gid.to(device) if device is not None else gid
 
 
-def group_norms(S: Tensor, gid: Tensor) -> Tensor:
-    """[K, G] matrix of ||S[k, G_g]||_2 (G = max id + 1) via one scatter-add, no loop over groups."""
-    n_groups = int(gid.max()) + 1 if gid.numel() else 0
+def group_norms(S: Tensor, gid: Tensor, n_groups: int | None = None) -> Tensor:
+    """[K, G] matrix of ||S[k, G_g]||_2 (G = n_groups, by default max id + 1: a read of gid) via one scatter-add,
+    no loop over groups."""
+    if n_groups is None:
+        n_groups = int(gid.max()) + 1 if gid.numel() else 0
     sq = torch.zeros(S.shape[0], n_groups, dtype=S.dtype, device=S.device)
-    sq.index_add_(1, gid.to(S.device), S * S)
+    sq.index_add_(1, gid if gid.device == S.device else gid.to(S.device), S * S)
     return sq.sqrt()
 
 
@@ -60,7 +62,13 @@ def group_lasso_penalty(S: Tensor, groups_index: "Tensor | Sequence") -> Tensor:
 def group_soft_threshold(S: Tensor, groups_index: "Tensor | Sequence", t: float | Tensor) -> Tensor:
     """prox of t*sum_{k,g}||S[k,G_g]||_2: each block scaled by max(0, 1 - t/||block||)."""
     gid = group_ids(groups_index, S.shape[1], S.device)
-    norms = group_norms(S, gid)
+    return block_soft_threshold(S, gid, int(gid.max()) + 1 if gid.numel() else 0, t)
+
+
+def block_soft_threshold(S: Tensor, gid: Tensor, n_groups: int, t: float | Tensor) -> Tensor:
+    """group_soft_threshold with the grouping prepared: gid [m] ids on S's device, n_groups of them. Nothing is
+    checked or read back, so it never waits for a GPU (the latent head's proximal step after every batch)."""
+    norms = group_norms(S, gid, n_groups)
     # Blocks with zero norm stay zero; guard the division instead of producing NaN.
     scale = torch.clamp(1 - t / torch.clamp(norms, min=torch.finfo(S.dtype).tiny), min=0)
     return S * scale[:, gid]

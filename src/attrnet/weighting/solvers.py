@@ -49,12 +49,17 @@ def _convex_min_loop(G: torch.Tensor, p: torch.Tensor, c: torch.Tensor, present:
         grad = p + c * Ga / q0.sqrt()
         t = torch.where(present, grad, inf).argmin()                 # toward this task
         s = torch.where(present & (a > 0), grad, -inf).argmax()      # away from this one
-        d = eye[t] - eye[s]
-        a1 = p[t] - p[s]
-        q1 = Ga[t] - Ga[s]
-        q2 = G[t, t] + G[s, s] - 2 * G[t, s]
-        step = _segment_min(a1, c, q0, q1, q2, a[s])
-        a = (a + step * d).clamp_min(0)
+        # entries t and s by index_select: indexing with a 0-dim tensor would read the index back (a host sync)
+        ts = torch.stack([t, s])
+        e_t, e_s = eye.index_select(0, ts)
+        p_t, p_s = p.index_select(0, ts)
+        Ga_t, Ga_s = Ga.index_select(0, ts)
+        (G_tt, G_ts), (_, G_ss) = G.index_select(0, ts).index_select(1, ts)
+        a1 = p_t - p_s
+        q1 = Ga_t - Ga_s
+        q2 = G_tt + G_ss - 2 * G_ts
+        step = _segment_min(a1, c, q0, q1, q2, a.index_select(0, s.view(1))[0])
+        a = (a + step * (e_t - e_s)).clamp_min(0)
     return a
 
 
@@ -97,10 +102,10 @@ def imtl_g_weights(gram: torch.Tensor, present: torch.Tensor, eps: float = 1e-12
     G = gram.double()
     m = G.shape[0]
     norms = G.diagonal().clamp_min(0).sqrt().clamp_min(eps)
-    ref = present.to(torch.int64).argmax()            # first present task
+    ref = present.to(torch.int64).argmax().view(1)    # first present task (index_select: no host sync)
     idx = torch.arange(m, device=G.device)
     # rows j: (u_ref - u_j) . g_i = G[ref, i] / n_ref - G[j, i] / n_j  (equal projections on u_ref and u_j)
-    A = G[ref][None, :] / norms[ref] - G / norms[:, None]
+    A = G.index_select(0, ref) / norms.index_select(0, ref) - G / norms[:, None]
     A = torch.where((idx == ref)[:, None], present.double()[None, :], A)     # sum of the weights ...
     b = (idx == ref).double()                                                 # ... is 1
     eye = torch.eye(m, dtype=torch.float64, device=G.device)
