@@ -37,6 +37,8 @@ class DataConfig:
     cache_dir: str | None = None      # decoded-image cache; default ~/.cache/attrnet or $ATTRNET_CACHE
     cache_on_device: Any = "auto"     # keep the whole decoded set in GPU memory: auto | true | false
     workers: int = 0                  # decode processes; 0 = all cores
+    decode: str = "auto"              # auto: on the training GPU when the cache will live there (nvJPEG), else
+                                      # the CPU | cpu: always on the CPU (libjpeg-turbo)
     groups: Any = None                # None, a preset name (celeba | clothing | awa2) or {group: [names]}
 
 

@@ -240,7 +240,7 @@ RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
         "grayscale": _flag, "resize": _choice(*RESIZE_METHODS), "val_fraction": FRACTION,
         "test_fraction": FRACTION, "split_seed": COUNT, "awa2_split": _choice("classes", "random"),
         "bad_images": _choice("skip", "error"), "cache_dir": _optional(_text),
-        "cache_on_device": AUTO_BOOL, "workers": COUNT, "groups": _groups,
+        "cache_on_device": AUTO_BOOL, "workers": COUNT, "groups": _groups, "decode": _choice("auto", "cpu"),
     },
     "model": {
         "backbone": _backbone, "pretrained": _pretrained, "small_input": _flag, "trunk": _trunk,

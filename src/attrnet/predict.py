@@ -1,7 +1,8 @@
 """Predicting folders of image files with an attrnet.inference.AttributeModel, to CSV, JSON or a table.
 
-Files are decoded by DataLoader workers on the CPU (or as raw bytes handed to the GPU's JPEG decoder when
-the model runs on CUDA); everything after the pixels is the inference package's own forward path.
+Files are decoded by DataLoader workers on the CPU (or read as raw bytes and decoded by the GPU's JPEG decoder
+when the model runs on CUDA: attrnet.data.device_decode); everything after the pixels is the inference
+package's own forward path.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from attrnet import atomic
-from attrnet.data.images import load_image, resize_image, resize_images
+from attrnet.data.device_decode import decode_batch
+from attrnet.data.images import load_image
 from attrnet.errors import AttrnetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -61,50 +63,72 @@ def _collate(items):
     return items
 
 
-def iter_files(model, paths: list[Path], batch_size: int = 256,
-               workers: int = 0) -> Iterator[tuple[list[Path], np.ndarray, list[Path]]]:
-    """Yield (paths, probabilities, unreadable paths) batch by batch, in input order."""
+def iter_files(model, paths: list[Path], batch_size: int = 256, workers: int = 0,
+               device_decode: bool | None = None) -> Iterator[tuple[list[Path], np.ndarray, list[Path]]]:
+    """Yield (paths, probabilities, unreadable paths) batch by batch, in input order.
+
+    On a GPU (device_decode None: when the model runs on CUDA) the workers only read bytes and the model's
+    device decodes them (data.device_decode); each batch's probabilities come back to the host without
+    waiting: batch k is handed out after batch k + 1's decode and forward pass were launched, so reading,
+    decoding and the network overlap."""
     info = model.info
-    gpu_decode = getattr(model, "device", torch.device("cpu")).type == "cuda" and not info.grayscale
+    device = getattr(model, "device", torch.device("cpu"))
+    if device_decode is None:
+        device_decode = device.type == "cuda"
+    gpu_decode = device_decode and not info.grayscale and model.runtime == "torch"
     workers = workers or min(8, os.cpu_count() or 1)
     loader = DataLoader(_Files(paths, info.image_size, info.grayscale, info.resize, gpu_decode),
                         batch_size=batch_size, num_workers=workers if len(paths) > batch_size else 0,
                         collate_fn=_collate)
+    pending = None
     for items in loader:
         good = [(i, t) for i, t, ok in items if ok]
         bad = [paths[i] for i, _, ok in items if not ok]
         if gpu_decode and good:
-            good, more_bad = _decode_on_gpu([(i, torch.from_numpy(t)) for i, t in good], info, model.device)
-            bad += [paths[i] for i in more_bad]
-        if not good:
-            yield [], np.zeros((0, len(info.attributes))), bad
-            continue
-        batch = torch.stack([t for _, t in good])
-        yield [paths[i] for i, _ in good], model.probabilities(batch), bad
+            batch, ok = decode_batch([torch.from_numpy(t) for _, t in good], info.image_size, info.resize, device)
+            bad += [paths[i] for (i, _), fine in zip(good, ok) if not fine]
+            if not ok.all():  # rare: a file neither decoder could read leaves the batch
+                good, batch = [g for g, fine in zip(good, ok) if fine], batch[torch.from_numpy(np.flatnonzero(ok))
+                                                                              .to(device)]
+        elif good:
+            batch = torch.stack([t for _, t in good])
+        current = _Pending([paths[i] for i, _ in good], _probabilities(model, batch) if good else None, bad,
+                           len(info.attributes))
+        if pending is not None:
+            yield pending.result()
+        pending = current
+    if pending is not None:
+        yield pending.result()
 
 
-def _decode_on_gpu(items, info, device):
-    """Batched nvjpeg decode, then resize on the GPU; files nvjpeg refuses fall back to the CPU."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+def _probabilities(model, batch: torch.Tensor):
+    """The batch's probabilities: left on the device for a torch model (the copy back is _Pending's)."""
+    if model.runtime == "torch":
+        return torch.sigmoid(model.logits(batch))
+    return model.probabilities(batch)
 
-    from attrnet.data.images import decode_image_bytes
-    ok, bad = [], []
-    jpegs = [(i, t) for i, t in items if t[:2].tolist() == [0xFF, 0xD8]]
-    others = [(i, t) for i, t in items if t[:2].tolist() != [0xFF, 0xD8]]
-    if jpegs:
-        try:
-            decoded = decode_jpeg([t for _, t in jpegs], mode=ImageReadMode.RGB, device=device)
-            resized = resize_images(decoded, info.image_size, info.resize)
-            ok += [(i, img) for (i, _), img in zip(jpegs, resized)]
-        except RuntimeError:
-            others += jpegs
-    for i, data in others:  # the CPU decoder that checks headers (torchvision's PNG decoder can crash)
-        try:
-            img = decode_image_bytes(data.numpy().tobytes(), info.grayscale)
-            ok.append((i, resize_image(img, info.image_size, info.resize).to(device)))
-        except AttrnetError:
-            bad.append(i)
-    return ok, bad
+
+class _Pending:
+    """One batch's results on their way to the host: from a GPU, copied into pinned memory without waiting, and
+    waited for only when asked for."""
+
+    def __init__(self, paths: list[Path], probs, bad: list[Path], num_attributes: int):
+        self.paths, self.bad, self.done = paths, bad, None
+        if probs is None:
+            probs = np.zeros((0, num_attributes))
+        elif isinstance(probs, torch.Tensor) and probs.is_cuda:
+            host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
+            host.copy_(probs, non_blocking=True)
+            self.done = torch.cuda.Event()
+            self.done.record()
+            probs = host
+        self.probs = probs
+
+    def result(self) -> tuple[list[Path], np.ndarray, list[Path]]:
+        if self.done is not None:
+            self.done.synchronize()
+        probs = self.probs.numpy() if isinstance(self.probs, torch.Tensor) else self.probs
+        return self.paths, probs, self.bad
 
 
 def predict_to_file(model, inputs: list[str], out: str | Path | None,

@@ -72,9 +72,20 @@ class BatchLoader:
             for idx in batches:
                 t = flat[start:start + len(idx)]
                 start += len(idx)
-                yield self.images.index_select(0, t), self.labels.index_select(0, t)
+                y = self.labels.index_select(0, t)
+                if self.ready is not None:  # a cache decoded on the device as the epoch goes (DeviceCacheBuild)
+                    y = self._unknown_where_unreadable(y, self.ready(idx))
+                yield self.images.index_select(0, t), y
             return
         yield from self._host_batches(batches)
+
+    def _unknown_where_unreadable(self, y: torch.Tensor, ok: np.ndarray) -> torch.Tensor:
+        """An unreadable image's labels count as unknown (first epoch of a device-decoded cache only)."""
+        if ok.all():
+            return y
+        bad = torch.from_numpy(~ok)
+        bad = (bad.pin_memory() if y.is_cuda else bad).to(y.device, non_blocking=True)
+        return torch.where(bad[:, None], torch.full_like(y, float("nan")), y)
 
     def _gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         # Sorted reads are sequential in the memory-mapped file; the order within a batch does not matter

@@ -18,7 +18,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -44,11 +44,13 @@ UNMARKED_BUILD_GRACE_S = 300
 
 @dataclass
 class DecodedImages:
-    """images: uint8 [N, C, H, W] (memory-mapped); ok: bool [N], False where a file could not be decoded."""
+    """images: uint8 [N, C, H, W] (memory-mapped); ok: bool [N], False where a file could not be decoded;
+    device_images: the same pixels in a device's memory when the cache was decoded there (data.device_cache)."""
 
     images: np.ndarray
     ok: np.ndarray
     path: Path | None = None
+    device_images: Any = None
 
     @property
     def n_bad(self) -> int:
@@ -81,10 +83,11 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("ATTRNET_CACHE", Path.home() / ".cache" / "attrnet"))
 
 
-def cache_key(paths: list[Path], size: tuple[int, int], grayscale: bool, resize: str) -> str:
-    """A digest of everything the decoded pixels depend on."""
+def cache_key(paths: list[Path], size: tuple[int, int], grayscale: bool, resize: str, decoder: str = "cpu") -> str:
+    """A digest of everything the decoded pixels depend on (decoder: "cpu", or the device decoder's name:
+    nvJPEG's pixels differ from libjpeg-turbo's by a level here and there)."""
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_VERSION, list(size), grayscale, resize]).encode())
+    h.update(json.dumps([CACHE_VERSION, list(size), grayscale, resize] + ([decoder] if decoder != "cpu" else [])).encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -103,11 +106,13 @@ def decode_all(paths: list[Path], size: tuple[int, int], grayscale: bool = False
 
 def open_or_start(paths: list[Path], size: tuple[int, int], grayscale: bool = False, resize: str = "squash",
                   cache_root: str | Path | None = None, workers: int = 0, progress: bool = True,
-                  first: Callable[[], list[np.ndarray]] | None = None) -> "DecodedImages | CacheBuild":
+                  first: Callable[[], list[np.ndarray]] | None = None, decode_device=None) -> "DecodedImages | CacheBuild":
     """The cache when it exists; otherwise a CacheBuild already decoding, rows of the batches first()
-    gives (lists of row indices) before all others, in that order."""
+    gives (lists of row indices) before all others, in that order. decode_device (a GPU, RGB only): decode
+    there, into that device's memory (data.device_cache.DeviceCacheBuild), and keep a cache of its own."""
     root = Path(cache_root) if cache_root else default_cache_root()
-    key = cache_key(paths, size, grayscale, resize)
+    decoder = f"{decode_device.type}-decode" if decode_device is not None else "cpu"
+    key = cache_key(paths, size, grayscale, resize, decoder)
     remove_abandoned_builds(root)
     if (root / key / "meta.json").is_file():
         return _open(root / key)
@@ -116,7 +121,11 @@ def open_or_start(paths: list[Path], size: tuple[int, int], grayscale: bool = Fa
     except OSError as exc:
         raise AttrnetError(f"cannot create the image cache in {root} ({exc.strerror}); "
                            f"set data.cache_dir or ATTRNET_CACHE") from None
-    return _build(root, key, paths, size, grayscale, resize, workers, progress, first() if first else [])
+    order = first() if first else []
+    if decode_device is not None:
+        from attrnet.data.device_cache import DeviceCacheBuild
+        return DeviceCacheBuild(root, key, paths, size, resize, decode_device, progress, order)
+    return _build(root, key, paths, size, grayscale, resize, workers, progress, order)
 
 
 def remove_abandoned_builds(root: Path) -> list[Path]:
@@ -179,11 +188,8 @@ class CacheBuild:
 
     def __init__(self, root: Path, key: str, paths: list[Path], size: tuple[int, int], grayscale: bool,
                  resize: str, workers: int, progress: bool, first: list[np.ndarray]):
-        self.folder, self.tmp = root / key, root / f".{key}.{os.getpid()}.tmp"
+        self.folder, self.tmp = root / key, new_build_folder(root, key)
         self.size, self.grayscale, self.resize = size, grayscale, resize
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
-        (self.tmp / _PID_SPACE_FILE).write_text(_pid_space())  # lets another process judge our pid (above)
         n = len(paths)
         out = self.tmp / "images.npy"
         np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8,
@@ -191,12 +197,7 @@ class CacheBuild:
         self.images = np.load(out, mmap_mode="r")
         self.ok = np.zeros(n, dtype=bool)
         self.done = np.zeros(n, dtype=bool)
-        first = [np.asarray(b, dtype=np.int64) for b in first if len(b)]
-        seen = np.zeros(n, dtype=bool)
-        for b in first:
-            seen[b] = True
-        rest = np.flatnonzero(~seen)
-        batches = first + [rest[i:i + 64] for i in range(0, len(rest), 64)]
+        batches = decode_order(n, first)
         workers = workers or (os.cpu_count() or 1)
         parallel = n > 256 and workers > 1
         loader = DataLoader(_DecodeInto(paths, size, grayscale, resize, out), batch_sampler=batches,
@@ -232,20 +233,8 @@ class CacheBuild:
             while self._advance():
                 pass
             self._bar.close()
-            fd = os.open(self.tmp / "images.npy", os.O_RDONLY)
-            try:  # the workers' writes reach the disk before the cache is declared complete
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            np.save(self.tmp / "ok.npy", self.ok)
-            meta = {"version": CACHE_VERSION, "n": len(self.ok), "size": list(self.size),
-                    "grayscale": self.grayscale, "resize": self.resize, "bad": int((~self.ok).sum())}
-            (self.tmp / "meta.json").write_text(json.dumps(meta))
-            try:
-                os.replace(self.tmp, self.folder)  # atomic: a half-built cache is never seen as complete
-            except OSError:
-                if not (self.folder / "meta.json").is_file():  # not a concurrent builder that won the race
-                    raise
+            publish(self.tmp, self.folder, self.ok, {"size": list(self.size), "grayscale": self.grayscale,
+                                                     "resize": self.resize})
         finally:
             self.abort()
         return _open(self.folder)
@@ -254,6 +243,43 @@ class CacheBuild:
         self._batches = iter(())  # shuts the decode workers down
         self._bar.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def new_build_folder(root: Path, key: str) -> Path:
+    """A fresh temporary folder for building cache `key`, marked with where our pid means something."""
+    tmp = root / f".{key}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    (tmp / _PID_SPACE_FILE).write_text(_pid_space())  # lets another process judge our pid (_is_abandoned)
+    return tmp
+
+
+def decode_order(n: int, first: list[np.ndarray]) -> list[np.ndarray]:
+    """Batches of row indices to decode: `first`'s (the first epoch's) in their order, then the rest by 64."""
+    first = [np.asarray(b, dtype=np.int64) for b in first if len(b)]
+    seen = np.zeros(n, dtype=bool)
+    for b in first:
+        seen[b] = True
+    rest = np.flatnonzero(~seen)
+    return first + [rest[i:i + 64] for i in range(0, len(rest), 64)]
+
+
+def publish(tmp: Path, folder: Path, ok: np.ndarray, meta: dict) -> None:
+    """Make a built cache visible: its pixels on disk first, then its flags and meta.json, then one atomic
+    rename (a half-built cache is never seen as complete)."""
+    fd = os.open(tmp / "images.npy", os.O_RDONLY)
+    try:  # the writers' pages reach the disk before the cache is declared complete
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    np.save(tmp / "ok.npy", ok)
+    (tmp / "meta.json").write_text(json.dumps({"version": CACHE_VERSION, "n": len(ok), **meta,
+                                               "bad": int((~ok).sum())}))
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / "meta.json").is_file():  # not a concurrent builder that won the race
+            raise
 
 
 def _collate(items):

@@ -12,7 +12,7 @@ import torch
 from attrnet import precision as precision_rule
 from attrnet.config import Config
 from attrnet.data.batches import BatchLoader, epoch_batches
-from attrnet.data.cache import CacheBuild, DecodedImages, open_or_start
+from attrnet.data.cache import CacheBuild, DecodedImages, open_or_start  # noqa: F401
 from attrnet.data.formats import assign_partition, read_table, split_indices
 from attrnet.data.images import RESIZE_METHODS
 from attrnet.data.table import AttributeTable
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PreparedData:
-    """decoded is a CacheBuild while the cache is still being decoded (the first epoch of fit), then the
-    finished DecodedImages (finish_decoding)."""
+    """decoded is a CacheBuild (or data.device_cache.DeviceCacheBuild) while the cache is still being decoded
+    (the first epoch of fit), then the finished DecodedImages (finish_decoding)."""
 
     table: AttributeTable
     decoded: DecodedImages | CacheBuild
@@ -37,7 +37,7 @@ class PreparedData:
 
     @property
     def decoding(self) -> bool:
-        return isinstance(self.decoded, CacheBuild)
+        return not isinstance(self.decoded, DecodedImages)
 
     def indices(self, split: str) -> np.ndarray:
         """Rows of a split whose image decoded (every row of the split while decoding is under way)."""
@@ -52,13 +52,15 @@ class PreparedData:
 
 
 def prepare_data(cfg: Config, progress: bool = True,
-                 first_batches: Callable[[np.ndarray], list[np.ndarray]] | None = None) -> PreparedData:
+                 first_batches: Callable[[np.ndarray], list[np.ndarray]] | None = None,
+                 device: torch.device | None = None) -> PreparedData:
     """Read labels, choose attributes, decode (or open the cache of) every image, assign splits.
 
     first_batches: when the cache has to be built, return at once with decoding under way, in the order of
     first_batches(train rows) (the first epoch's batches), so training starts on the first decoded batch; then
     data.decoding is True until data.finish_decoding(). Not with data.bad_images=error (a bad image must
     stop the run before it starts).
+    device: the training device; a GPU that will hold the whole cache decodes it too (data.decode=auto).
     """
     d = cfg.data
     if d.resize not in RESIZE_METHODS:
@@ -73,12 +75,22 @@ def prepare_data(cfg: Config, progress: bool = True,
     overlap = first_batches is not None and d.bad_images != "error"
     first = (lambda: first_batches(split_indices(partition, "train"))) if overlap else None
     data.decoded = open_or_start(table.paths, cfg.image_hw(), d.grayscale, d.resize, d.cache_dir, d.workers,
-                                 progress, first=first)
+                                 progress, first=first, decode_device=_decode_device(cfg, device, len(table)))
     if data.decoding and not overlap:
         data.decoded = data.decoded.finish()
     if not data.decoding:
         _report_bad(data.decoded, table, d.bad_images)
     return data
+
+
+def _decode_device(cfg: Config, device: torch.device | None, n: int) -> torch.device | None:
+    """The GPU that decodes the cache (data.decode=auto): the training GPU when the whole cache will live there
+    (RGB: the device decoder gives RGB)."""
+    d = cfg.data
+    if device is None or device.type != "cuda" or d.decode != "auto" or d.grayscale:
+        return None
+    h, w = cfg.image_hw()
+    return device if fits_on_device(n * 3 * h * w, device, d.cache_on_device) else None
 
 
 def _report_bad(decoded: DecodedImages, table: AttributeTable, mode: str) -> None:
@@ -115,20 +127,27 @@ class Precision(precision_rule.Precision):
 
 
 def images_for_device(decoded: DecodedImages, device: torch.device, mode) -> torch.Tensor | np.ndarray:
-    """The whole decoded set in GPU memory when asked for, or when it takes under a third of what is free."""
+    """The whole decoded set in GPU memory when asked for, or when it takes under a third of what is free
+    (already there when it was decoded there)."""
     if device.type != "cuda" or mode is False or mode == "false":
         return decoded.images
-    nbytes = decoded.images.nbytes
-    if mode == "auto":
-        free, _ = torch.cuda.mem_get_info(device)
-        if nbytes > free / 3:
-            return decoded.images
+    if decoded.device_images is not None and decoded.device_images.device == device:
+        return decoded.device_images
+    if not fits_on_device(decoded.images.nbytes, device, mode):
+        return decoded.images
     # Copied in chunks: host memory stays a chunk, not a second copy of the whole set.
     images = decoded.images
     out = torch.empty(images.shape, dtype=torch.uint8, device=device)
     for start in range(0, len(images), 4096):
         out[start:start + 4096].copy_(torch.from_numpy(np.array(images[start:start + 4096])))
     return out
+
+
+def fits_on_device(nbytes: int, device: torch.device, mode) -> bool:
+    """data.cache_on_device: true, or auto and the set takes under a third of the GPU's free memory."""
+    if device.type != "cuda" or mode is False or mode == "false":
+        return False
+    return mode is True or mode == "true" or nbytes <= torch.cuda.mem_get_info(device)[0] / 3
 
 
 def make_loader(images, data: PreparedData, idx: np.ndarray, batch_size: int, device: torch.device,

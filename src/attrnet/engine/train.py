@@ -136,7 +136,7 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
         overlap = not dist.enabled and not (resume and last_path.is_file()) and cfg.train.epochs > 0
         with ddp.local_main_first(dist):  # one cache build per node; the node's other ranks then open it
             data = prepare_data(cfg, progress=progress and dist.is_main,
-                                first_batches=first_epoch_order(cfg) if overlap else None)
+                                first_batches=first_epoch_order(cfg) if overlap else None, device=device)
     try:
         report = distillation_targets(cfg, data, device) if cfg.train.teachers and data.targets is None else None
         result = _fit(cfg, run_dir, data, dist, device, resume, progress, overwrite)

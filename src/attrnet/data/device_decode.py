@@ -1,0 +1,74 @@
+"""Decoding batches of encoded images on a device: JPEGs through torchvision.io.decode_jpeg on a list (one
+call; nvJPEG's batched decoder on a GPU, libjpeg-turbo on the CPU), resized there, one call per distinct
+shape. Anything else (PNG, GIF, WebP, a JPEG the device decoder refuses) goes through the CPU decoder that
+checks headers (attrnet.data.images.decode_image_bytes), and a file neither can read is reported, never raised.
+
+Every JPEG's header is read first (PIL, no pixels decoded): a damaged header can declare 65535 x 65535 pixels,
+which no decoder should be asked to allocate. Used by prediction from folders and by the GPU cache build.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from attrnet.data.images import JPEG_FORMATS, MAX_PIXELS, decode_image_bytes, resize_images
+from attrnet.errors import AttrnetError
+
+
+def read_encoded(path: str | Path) -> torch.Tensor | None:
+    """A file's bytes as a uint8 CPU tensor (None when it cannot be read)."""
+    try:
+        return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+    except OSError:
+        return None
+
+
+def is_safe_jpeg(data: torch.Tensor) -> bool:
+    """A JPEG (by its header, read without decoding) of an affordable size."""
+    if data.numel() < 4 or int(data[0]) != 0xFF or int(data[1]) != 0xD8:
+        return False
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+            width, height = im.size
+            return im.format in JPEG_FORMATS and 0 < width * height <= MAX_PIXELS
+    except Exception:  # not a readable header: the CPU decoder will say why
+        return False
+
+
+def decode_batch(encoded: list[torch.Tensor | None], size: tuple[int, int], resize: str,
+                 device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """RGB uint8 [B, 3, H, W] on `device` at `size` for a batch of encoded files, and ok [B] (False: unreadable,
+    its row zeros). encoded: uint8 CPU tensors (None: a file that could not be read)."""
+    device = torch.device(device)
+    ok = np.zeros(len(encoded), dtype=bool)
+    jpegs = [i for i, data in enumerate(encoded) if data is not None and is_safe_jpeg(data)]
+    decoded: dict[int, torch.Tensor] = {}
+    try:
+        if jpegs:
+            images = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            decoded.update(zip(jpegs, images))
+    except RuntimeError:  # one file the decoder refuses fails the whole call: then each alone
+        for i in jpegs:
+            try:
+                decoded[i] = decode_jpeg(encoded[i], mode=ImageReadMode.RGB, device=device)
+            except RuntimeError:  # and the CPU decoder below says whether it is readable at all
+                pass
+    for i, data in enumerate(encoded):
+        if i in decoded or data is None:
+            continue
+        try:
+            decoded[i] = decode_image_bytes(data.numpy().tobytes(), grayscale=False, name=f"image {i}").to(device)
+        except AttrnetError:
+            continue
+    order = sorted(decoded)
+    ok[order] = True
+    rows = dict(zip(order, resize_images([decoded[i] for i in order], size, resize)))
+    blank = torch.zeros((3, *size), dtype=torch.uint8, device=device)
+    # stacked in place (no index tensor: a copy of one to the GPU would wait for it)
+    return torch.stack([rows.get(i, blank) for i in range(len(encoded))]) if encoded else blank[None][:0], ok
