@@ -328,3 +328,49 @@ def test_interrupted_first_epoch_leaves_no_half_built_cache(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, tmp_path / "run", progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_checkpoint_writer_saves_a_snapshot_in_order_and_reports_failures(tmp_path, monkeypatch):
+    """The training changes its tensors in place right after save(): the file must hold the values at save();
+    writes land in order; a failed write is raised, not lost."""
+    from attrnet.engine import checkpoint as ckpt_mod
+
+    writer = ckpt_mod.CheckpointWriter()
+    w = torch.zeros(1000)
+    for step in range(5):
+        w.fill_(step)
+        writer.save(tmp_path / "last.pt", model={"w": w}, attributes=["A"], epoch=step)
+    w.fill_(99)
+    writer.close()
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert saved["epoch"] == 4 and torch.equal(saved["model"]["w"], torch.full((1000,), 4.0))
+
+    def broken(path, **state):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", broken)
+    writer.save(tmp_path / "last.pt", model={"w": w}, attributes=["A"], epoch=5)
+    with pytest.raises(OSError, match="No space"):
+        writer.close()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 4  # the previous file is intact
+
+
+def test_backward_warmup_leaves_the_model_as_it_was(tmp_path, caplog):
+    """The warm-up works on a copy: a frozen model's weights, BatchNorm statistics, flags and gradients are
+    unchanged afterwards, and the copy did run a backward pass through the backbone."""
+    from attrnet.engine.warmup import start_backward_warmup
+    from attrnet.models.build import build_model
+
+    cfg = tiny_config(tmp_path, model__backbone="mobilenet_v2")
+    model = build_model(cfg.model, 3, 3)
+    model.freeze_backbone(True)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    caplog.set_level("INFO", logger="attrnet.engine.warmup")
+    thread = start_backward_warmup(model, (4, 3, 32, 32), setup.Precision(cfg, torch.device("cpu")),
+                                   torch.device("cpu"))
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(p.requires_grad for p in model.backbone.parameters()) and model.backbone_frozen
+    assert "backward pass of the unfrozen backbone prepared" in caplog.text  # logged only once it ran

@@ -21,8 +21,10 @@ from attrnet.engine import distributed as ddp
 from attrnet.engine.averaging import WeightAverage, WeightEMA, make_ema, recompute_batchnorm  # noqa: F401
 from attrnet.engine.batch import augment_batch, mixup_rng, prepare_batch  # noqa: F401 - re-exported
 from attrnet.engine.optim import build_optimizer, build_scheduler, compute_pos_weight  # noqa: F401
-from attrnet.engine.checkpoint import LOADED_ONLY, RESUME_ONLY, load_checkpoint, load_weights, save_checkpoint
+from attrnet.engine.checkpoint import (LOADED_ONLY, RESUME_ONLY, CheckpointWriter, load_checkpoint, load_weights,
+                                      save_checkpoint)
 from attrnet.engine.run_folder import check_run_folder, start_run_folder
+from attrnet.engine.warmup import start_backward_warmup
 from attrnet.engine.evaluate import finish, predict_logits
 from attrnet.engine.setup import (Precision, PreparedData, first_epoch_order, loader_images, make_loader,
                                   prepare_data, resolve_device)
@@ -196,42 +198,53 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
     if freeze_epochs and dist.enabled:  # DDP's reducer expects a gradient for every tensor it was built with
         raise AttrnetError("train.freeze_backbone_epochs is not supported in a distributed (torchrun) run yet; "
                            "set it to 0 (train.backbone_lr_scale still gives the backbone a lower lr)")
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if freeze_epochs:
-            model.freeze_backbone(epoch < freeze_epochs)
-        t0 = time.perf_counter()
-        train_loss = train_one_epoch(t.step_model, train_loader, optimizer, scheduler, cfg, precision, epoch,
-                                     pos_weight, dist, progress, after_step, weighting)
-        if data.decoding:  # the first epoch overlapped the decoding: finish it, then read the cache
-            data.finish_decoding()
-            images, train_loader, val_loader = _loaders(cfg, data, device, dist)
-        if swa is not None and epoch >= cfg.train.epochs - cfg.train.swa_epochs:
-            swa.add()
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "train/loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
-               "seconds": round(seconds, 2), "train/images_per_s": round(steps * cfg.train.batch_size / seconds, 1)}
-        row.update(_validation_row(eval_model, val_loader, precision, dist, cfg, val_normalize, names))
-        history.append(row)
-        score = row.get("val/mean_accuracy", -train_loss)
-        if dist.is_main:
-            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                         scheduler=scheduler.state_dict(), epoch=epoch, history=history,
-                         best_metric=max(best, score), ema=ema.module.state_dict() if ema is not None else None,
-                         weighting=weighting.state_dict(),
-                         swa_weights=swa.module.state_dict() if swa is not None else None,
-                         swa_count=swa.count if swa is not None else 0,
-                         **model_meta(cfg, names, data.groups, model.normalization))
-            # the model file: the best epoch on validation, or the latest (train.select); what resuming alone
-            # needs stays in last.pt (a third the size)
-            if score > best or cfg.train.select == "last":
-                save_checkpoint(ckpt_dir / "best.pt", **{k: v for k, v in state.items() if k not in RESUME_ONLY})
-            save_checkpoint(last_path, **state)  # last: written after best, so resume never skips a best
-            _write_history(run_dir, history)
-            log.info("epoch %d/%d  loss %.4f  val acc %s  %.1fs  %.0f img/s", epoch + 1, cfg.train.epochs,
-                     train_loss, f"{row.get('val/mean_accuracy', float('nan')):.4f}", seconds,
-                     row["train/images_per_s"])
-        best = max(best, score)
-        ddp.barrier(dist)
+    warmup = None
+    if freeze_epochs > start_epoch and device.type == "cuda":  # the unfrozen backward's kernels, made meanwhile
+        warmup = start_backward_warmup(model, (cfg.train.batch_size, 1 if cfg.data.grayscale else 3,
+                                               *cfg.image_hw()), precision, device)
+    writer = CheckpointWriter()  # the next epoch trains while the disk takes this one's checkpoints
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            if freeze_epochs:
+                if warmup is not None and epoch >= freeze_epochs:
+                    warmup.join()
+                    warmup = None
+                model.freeze_backbone(epoch < freeze_epochs)
+            t0 = time.perf_counter()
+            train_loss = train_one_epoch(t.step_model, train_loader, optimizer, scheduler, cfg, precision, epoch,
+                                         pos_weight, dist, progress, after_step, weighting)
+            if data.decoding:  # the first epoch overlapped the decoding: finish it, then read the cache
+                data.finish_decoding()
+                images, train_loader, val_loader = _loaders(cfg, data, device, dist)
+            if swa is not None and epoch >= cfg.train.epochs - cfg.train.swa_epochs:
+                swa.add()
+            seconds = time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "train/loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
+                   "seconds": round(seconds, 2), "train/images_per_s": round(steps * cfg.train.batch_size / seconds, 1)}
+            row.update(_validation_row(eval_model, val_loader, precision, dist, cfg, val_normalize, names))
+            history.append(row)
+            score = row.get("val/mean_accuracy", -train_loss)
+            if dist.is_main:
+                state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                             scheduler=scheduler.state_dict(), epoch=epoch, history=history,
+                             best_metric=max(best, score), ema=ema.module.state_dict() if ema is not None else None,
+                             weighting=weighting.state_dict(),
+                             swa_weights=swa.module.state_dict() if swa is not None else None,
+                             swa_count=swa.count if swa is not None else 0,
+                             **model_meta(cfg, names, data.groups, model.normalization))
+                # the model file: the best epoch on validation, or the latest (train.select); what resuming alone
+                # needs stays in last.pt (a third the size)
+                if score > best or cfg.train.select == "last":
+                    writer.save(ckpt_dir / "best.pt", **{k: v for k, v in state.items() if k not in RESUME_ONLY})
+                writer.save(last_path, **state)  # last: written after best, so resume never skips a best
+                _write_history(run_dir, history)
+                log.info("epoch %d/%d  loss %.4f  val acc %s  %.1fs  %.0f img/s", epoch + 1, cfg.train.epochs,
+                         train_loss, f"{row.get('val/mean_accuracy', float('nan')):.4f}", seconds,
+                         row["train/images_per_s"])
+            best = max(best, score)
+            ddp.barrier(dist)
+    finally:
+        writer.close()  # every checkpoint on disk before anything reads one, or the run stops
     if swa is not None:
         _finish_averaging(swa, train_loader, val_loader, val_normalize, precision, dist, cfg, names, ckpt_dir)
     result = finish(cfg, run_dir, data, images, device, precision, dist, history)
