@@ -96,3 +96,26 @@ def test_precision_modes_times_four_modes_interleaved_and_repeated(tmp_path, mon
     assert {modes["fp32"][f"{w}_over_fp32"] for w in ("train", "predict", "train_cpu", "predict_cpu")} == {1.0}
     assert summary["precision_auto"] == "fp32"
     assert summary["precision_predict_over_fp32"] == {n: m["predict_over_fp32"] for n, m in modes.items()}
+
+
+def test_gpu_summary_puts_each_figure_beside_its_goal(tmp_path):
+    """benchmarks/gpu_summary.py over the files gpu_session.sh writes: a figure under its goal fails, a slow
+    first unfrozen epoch fails, a failed GPU test fails the whole."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("gpu_summary", Path(__file__).parents[1] / "benchmarks" / "gpu_summary.py")
+    gpu_summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_summary)
+    rows = [{"case": "attrnet_warm", "train_images_per_s": 37_000.0}, {"case": "attrnet_cold", "train_images_per_s": 9_000.0},
+            {"case": "predict_folder", "predict_images_per_s": 15_000.0}]
+    (tmp_path / "bench.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    (tmp_path / "unfreeze_metrics.csv").write_text("epoch,seconds\n1,9.0\n2,12.8\n3,2.4\n4,2.6\n")
+    (tmp_path / "pytest_gpu.txt").write_text("14 passed, 3 skipped in 50.1s\n")
+    s = gpu_summary.main(tmp_path)
+    assert s["passed"] == {"attrnet_warm": True, "attrnet_cold": False, "predict_folder": True, "unfreeze": False,
+                           "gpu_tests": True}
+    assert s["rows"]["unfreeze"]["first_unfrozen_over_later"] == round(12.8 / 2.6, 2) and not s["all_passed"]
+    (tmp_path / "pytest_gpu.txt").write_text("11 failed, 3 passed in 40s\n")
+    assert gpu_summary.main(tmp_path)["passed"]["gpu_tests"] is False

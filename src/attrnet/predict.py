@@ -75,7 +75,7 @@ def iter_files(model, paths: list[Path], batch_size: int = 256, workers: int = 0
     device = getattr(model, "device", torch.device("cpu"))
     if device_decode is None:
         device_decode = device.type == "cuda"
-    gpu_decode = device_decode and not info.grayscale and model.runtime == "torch"
+    gpu_decode = device_decode and not info.grayscale and getattr(model, "runtime", None) == "torch"
     workers = workers or min(8, os.cpu_count() or 1)
     loader = DataLoader(_Files(paths, info.image_size, info.grayscale, info.resize, gpu_decode),
                         batch_size=batch_size, num_workers=workers if len(paths) > batch_size else 0,
@@ -103,7 +103,7 @@ def iter_files(model, paths: list[Path], batch_size: int = 256, workers: int = 0
 
 def _probabilities(model, batch: torch.Tensor):
     """The batch's probabilities: left on the device for a torch model (the copy back is _Pending's)."""
-    if model.runtime == "torch":
+    if getattr(model, "runtime", None) == "torch":
         return torch.sigmoid(model.logits(batch))
     return model.probabilities(batch)
 

@@ -88,7 +88,7 @@ class Bench:
         from attrnet.engine.setup import prepare_data
 
         if self.data is None:
-            self.data = prepare_data(self.config(), progress=False)
+            self.data = prepare_data(self.config(), progress=False, device=self.device)
         return self.data
 
     def row(self, case: str, **extra) -> dict:
@@ -228,7 +228,8 @@ class Bench:
         shutil.rmtree(self.cache_dir, ignore_errors=True)
         self.data = None
         t0 = clock(self.device)
-        self.data = prepare_data(cfg, progress=False, first_batches=first_epoch_order(cfg))
+        self.data = prepare_data(cfg, progress=False, first_batches=first_epoch_order(cfg), device=self.device)
+        decoder = type(self.data.decoded).__name__  # DeviceCacheBuild: on the GPU (data.decode=auto)
         t_setup = clock(self.device) - t0
         t = self._trainer(cfg)
         self._epochs(cfg, t, range(1))
@@ -236,7 +237,7 @@ class Bench:
         self.data.finish_decoding()
         seconds = clock(self.device) - t0
         images = len(t["loader"]) * cfg.train.batch_size
-        return {"precision": self._precision_name(t), "overlapped": True, "n_images": images,
+        return {"precision": self._precision_name(t), "overlapped": True, "n_images": images, "decoder": decoder,
                 "setup_seconds": round(t_setup, 3), "first_epoch_seconds": round(t_epoch - t_setup, 3),
                 "finish_decode_seconds": round(seconds - t_epoch, 3),
                 "seconds": round(seconds, 3), "train_images_per_s": round(images / seconds, 1)}

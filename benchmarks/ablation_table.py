@@ -1,0 +1,100 @@
+"""The ablation table of docs/results.md from benchmarks/celeba_ablation.sh's variants.jsonl.
+
+Two kinds of rows:
+* training changes: each variant's plain score (last epoch, trained weights, no TTA, thresholds 0.5) against
+  `base`'s with the same seed: the paired difference, its mean and standard deviation over seeds;
+* inference changes (flip TTA, thresholds tuned on validation, the EMA weights, the best epoch by validation
+  instead of the last): scored on the same trained networks, so every run of every variant gives a pair; the
+  mean and standard deviation over all those pairs.
+
+usage: python benchmarks/ablation_table.py OUT/variants.jsonl [--plain-baseline plain.jsonl ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics as st
+from collections import defaultdict
+
+PLAIN = ("last", "trained", "none")  # checkpoint, weights, tta of the plain score (threshold 0.5)
+
+
+def load(path: str) -> dict:
+    """{(variant, seed): {(checkpoint, weights, tta): row}}"""
+    runs: dict = defaultdict(dict)
+    for line in open(path):
+        row = json.loads(line)
+        if "error" in row:
+            continue
+        runs[(row["variant"], row["seed"])][(row["checkpoint"], row["weights"], row["tta"])] = row
+    return runs
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = st.stdev(values) if len(values) > 1 else 0.0
+    return f"{st.mean(values):+.4f} ± {sd:.4f}"
+
+
+def training_rows(runs: dict) -> list[str]:
+    variants = sorted({v for v, _ in runs}, key=lambda v: (v != "base", v))
+    out = []
+    for v in variants:
+        seeds = sorted(s for vv, s in runs if vv == v)
+        plain = [runs[(v, s)].get(PLAIN) for s in seeds]
+        plain = [p for p in plain if p]
+        if not plain:
+            continue
+        diffs = [runs[(v, s)][PLAIN]["test_at_0.5"] - runs[("base", s)][PLAIN]["test_at_0.5"]
+                 for s in seeds if PLAIN in runs[(v, s)] and PLAIN in runs.get(("base", s), {})]
+        acc = [p["test_at_0.5"] for p in plain]
+        out.append(f"| {v} | {len(plain)} | {st.mean(acc):.4f} | {mean_sd(diffs) if v != 'base' else '(reference)'} | "
+                   f"{st.mean(p['test_balanced_at_0.5'] for p in plain):.4f} | {st.mean(p['test_f1_at_0.5'] for p in plain):.4f} | "
+                   f"{st.mean(p.get('train_seconds', 0) for p in plain) / 60:.0f} |")
+    return out
+
+
+def inference_rows(runs: dict) -> list[str]:
+    pairs = {  # name: (cell, figure) against (reference cell, figure)
+        "flip TTA (last, trained)": ((("last", "trained", "flip"), "test_at_0.5"), (PLAIN, "test_at_0.5")),
+        "thresholds tuned on validation (last, trained)": ((PLAIN, "test_tuned"), (PLAIN, "test_at_0.5")),
+        "EMA weights (last)": ((("last", "ema", "none"), "test_at_0.5"), (PLAIN, "test_at_0.5")),
+        "best epoch by validation instead of last (EMA)": ((("best", "ema", "none"), "test_at_0.5"),
+                                                           (("last", "ema", "none"), "test_at_0.5")),
+        "EMA + flip TTA (last)": ((("last", "ema", "flip"), "test_at_0.5"), (PLAIN, "test_at_0.5")),
+    }
+    out = []
+    for name, ((cell, fig), (ref, ref_fig)) in pairs.items():
+        diffs = [r[cell][fig] - r[ref][ref_fig] for (v, _), r in runs.items()
+                 if cell in r and ref in r and r[cell].get(fig) is not None and r[ref].get(ref_fig) is not None
+                 and not r[cell].get("swa")]
+        out.append(f"| {name} | {len(diffs)} | {mean_sd(diffs)} | {sum(d > 0 for d in diffs)} of {len(diffs)} |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("variants")
+    ap.add_argument("--plain-baseline", nargs="*", default=[], help="JSON lines of benchmarks/plain_baseline.py")
+    args = ap.parse_args()
+    runs = load(args.variants)
+    print("| training change (one at a time) | seeds | test mean acc. | Δ vs base, paired (mean ± sd) | "
+          "balanced acc. | F1 | minutes |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    plain = [json.loads(line) for path in args.plain_baseline for line in open(path) if line.startswith("{")]
+    if plain:
+        acc = [p["mean_accuracy"] for p in plain]
+        print(f"| plain loop (benchmarks/plain_baseline.py) | {len(plain)} | {st.mean(acc):.4f} | "
+              f"{mean_sd([p['mean_accuracy'] - runs[('base', p['seed'])][PLAIN]['test_at_0.5'] for p in plain if ('base', p['seed']) in runs])} | "
+              f"{st.mean(p['mean_balanced_accuracy'] for p in plain):.4f} | {st.mean(p['mean_f1'] for p in plain):.4f} | "
+              f"{st.mean(p['seconds_per_epoch'] * p['epochs'] for p in plain) / 60:.0f} |")
+    print("\n".join(training_rows(runs)))
+    print("\n| inference change (same trained networks) | pairs | Δ test mean acc. (mean ± sd) | better in |")
+    print("|---|---:|---:|---:|")
+    print("\n".join(inference_rows(runs)))
+
+
+if __name__ == "__main__":
+    main()
