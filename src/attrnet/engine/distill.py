@@ -23,6 +23,15 @@ from attrnet.errors import AttrnetError
 log = logging.getLogger(__name__)
 
 
+def distillation_targets(cfg, data, device) -> dict:
+    """Set data.targets (an engine.setup.PreparedData) to the labels blended with the mean probability of
+    cfg.train.teachers; returns the teachers' and their ensemble's test figures (teacher_report)."""
+    probs = teacher_probabilities(cfg.train.teachers, data.table, str(device))
+    data.targets = soft_targets(data.table.labels, np.mean(probs, axis=0), cfg.train.distill_weight)
+    test = data.indices("test")
+    return teacher_report([p[test] for p in probs], data.table.labels[test], data.table.names, cfg.train.teachers)
+
+
 def teacher_probabilities(teachers: list[str], table: AttributeTable, device: str = "auto",
                           batch_size: int = 256) -> list[np.ndarray]:
     """Each teacher's probabilities [N, M] for every row of `table`, columns in the table's attribute order

@@ -9,7 +9,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -140,7 +139,10 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
             data = prepare_data(cfg, progress=progress and dist.is_main,
                                 first_batches=first_epoch_order(cfg) if overlap else None, device=device)
     try:
-        report = distillation_targets(cfg, data, device) if cfg.train.teachers and data.targets is None else None
+        report = None
+        if cfg.train.teachers and data.targets is None:
+            from attrnet.engine.distill import distillation_targets
+            report = distillation_targets(cfg, data, device)
         result = _fit(cfg, run_dir, data, dist, device, resume, progress, overwrite)
         if report is not None and dist.is_main:
             atomic.write_json(run_dir / "teachers.json", report)
@@ -148,17 +150,6 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
     finally:
         if data.decoding:  # stopped during the first epoch: no half-built cache left behind
             data.decoded.abort()
-
-
-def distillation_targets(cfg: Config, data: PreparedData, device: torch.device) -> dict:
-    """Set data.targets to the labels blended with the teachers' mean probability (engine.distill); returns
-    the teachers' and their ensemble's test figures."""
-    from attrnet.engine.distill import soft_targets, teacher_probabilities, teacher_report
-
-    probs = teacher_probabilities(cfg.train.teachers, data.table, str(device))
-    data.targets = soft_targets(data.table.labels, np.mean(probs, axis=0), cfg.train.distill_weight)
-    test = data.indices("test")
-    return teacher_report([p[test] for p in probs], data.table.labels[test], data.table.names, cfg.train.teachers)
 
 
 def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, device: torch.device, resume: bool,
