@@ -1,8 +1,9 @@
 """The ablation table of docs/results.md from benchmarks/celeba_ablation.sh's variants.jsonl.
 
 Two kinds of rows:
-* training changes: each variant's plain score (last epoch, trained weights, no TTA, thresholds 0.5) against
-  `base`'s with the same seed: the paired difference, its mean and standard deviation over seeds;
+* training changes: each variant's plain score (last epoch, trained weights, no TTA, thresholds 0.5) and the
+  score of its EMA weights, against `base`'s with the same seed: the paired differences, their mean and
+  standard deviation over seeds;
 * inference changes (flip TTA, thresholds tuned on validation, the EMA weights, the best epoch by validation
   instead of the last): scored on the same trained networks, so every run of every variant gives a pair; the
   mean and standard deviation over all those pairs.
@@ -18,6 +19,7 @@ import statistics as st
 from collections import defaultdict
 
 PLAIN = ("last", "trained", "none")  # checkpoint, weights, tta of the plain score (threshold 0.5)
+EMA = ("last", "ema", "none")        # the same network's EMA weights
 
 
 def load(path: str) -> dict:
@@ -39,20 +41,24 @@ def mean_sd(values: list[float]) -> str:
 
 
 def training_rows(runs: dict) -> list[str]:
+    """Per variant: the plain score and the EMA weights' score (last epoch, no TTA, 0.5), each with its paired
+    difference from base over the seeds both have."""
     variants = sorted({v for v, _ in runs}, key=lambda v: (v != "base", v))
     out = []
     for v in variants:
-        seeds = sorted(s for vv, s in runs if vv == v)
-        plain = [runs[(v, s)].get(PLAIN) for s in seeds]
-        plain = [p for p in plain if p]
-        if not plain:
+        seeds = sorted(s for vv, s in runs if vv == v and PLAIN in runs[(vv, s)])
+        if not seeds:
             continue
-        diffs = [runs[(v, s)][PLAIN]["test_at_0.5"] - runs[("base", s)][PLAIN]["test_at_0.5"]
-                 for s in seeds if PLAIN in runs[(v, s)] and PLAIN in runs.get(("base", s), {})]
-        acc = [p["test_at_0.5"] for p in plain]
-        out.append(f"| {v} | {len(plain)} | {st.mean(acc):.4f} | {mean_sd(diffs) if v != 'base' else '(reference)'} | "
-                   f"{st.mean(p['test_balanced_at_0.5'] for p in plain):.4f} | {st.mean(p['test_f1_at_0.5'] for p in plain):.4f} | "
-                   f"{st.mean(p.get('train_seconds', 0) for p in plain) / 60:.0f} |")
+        cells = []
+        for cell in (PLAIN, EMA):
+            acc = [runs[(v, s)][cell]["test_at_0.5"] for s in seeds if cell in runs[(v, s)]]
+            diffs = [runs[(v, s)][cell]["test_at_0.5"] - runs[("base", s)][cell]["test_at_0.5"]
+                     for s in seeds if cell in runs[(v, s)] and cell in runs.get(("base", s), {})]
+            cells.append(f"{st.mean(acc):.4f} | {mean_sd(diffs) if v != 'base' else '(reference)'}" if acc else "- | -")
+        ema = [runs[(v, s)][EMA] for s in seeds if EMA in runs[(v, s)]] or [runs[(v, s)][PLAIN] for s in seeds]
+        out.append(f"| {v} | {len(seeds)} | {cells[0]} | {cells[1]} | "
+                   f"{st.mean(p['test_balanced_at_0.5'] for p in ema):.4f} | {st.mean(p['test_f1_at_0.5'] for p in ema):.4f} | "
+                   f"{st.mean(runs[(v, s)][PLAIN].get('train_seconds', 0) for s in seeds) / 60:.0f} |")
     return out
 
 
@@ -80,14 +86,15 @@ def main() -> None:
     ap.add_argument("--plain-baseline", nargs="*", default=[], help="JSON lines of benchmarks/plain_baseline.py")
     args = ap.parse_args()
     runs = load(args.variants)
-    print("| training change (one at a time) | seeds | test mean acc. | Δ vs base, paired (mean ± sd) | "
-          "balanced acc. | F1 | minutes |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| training change (one at a time) | seeds | trained weights: test mean acc. | Δ vs base, paired | "
+          "EMA weights: test mean acc. | Δ vs base, paired | balanced acc. (EMA) | F1 (EMA) | minutes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     plain = [json.loads(line) for path in args.plain_baseline for line in open(path) if line.startswith("{")]
     if plain:
         acc = [p["mean_accuracy"] for p in plain]
-        print(f"| plain loop (benchmarks/plain_baseline.py) | {len(plain)} | {st.mean(acc):.4f} | "
-              f"{mean_sd([p['mean_accuracy'] - runs[('base', p['seed'])][PLAIN]['test_at_0.5'] for p in plain if ('base', p['seed']) in runs])} | "
+        diffs = [p["mean_accuracy"] - runs[("base", p["seed"])][PLAIN]["test_at_0.5"] for p in plain
+                 if PLAIN in runs.get(("base", p["seed"]), {})]
+        print(f"| plain loop (benchmarks/plain_baseline.py) | {len(plain)} | {st.mean(acc):.4f} | {mean_sd(diffs)} | - | - | "
               f"{st.mean(p['mean_balanced_accuracy'] for p in plain):.4f} | {st.mean(p['mean_f1'] for p in plain):.4f} | "
               f"{st.mean(p['seconds_per_epoch'] * p['epochs'] for p in plain) / 60:.0f} |")
     print("\n".join(training_rows(runs)))
