@@ -339,3 +339,32 @@ def test_new_keys_are_checked_when_the_config_is_read(override, message):
 
     with pytest.raises(AttrnetError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("name", ["celeba-best.yaml", "celeba-best-gpu.yaml"])
+def test_the_best_recipes_are_what_the_ablation_measured(name):
+    """The shipped recipes keep the ablation's winning choices (docs/results.md) and score on the very test
+    images every other celeba-8k config and the ablation scored on: the same test fraction and split seed."""
+    from pathlib import Path
+
+    from attrnet.config import load_config
+    from attrnet.data.formats import assign_partition
+    from attrnet.data.table import SPLIT_IDS
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    best, old = load_config(configs / name), load_config(configs / "celeba-pretrained.yaml")
+    t = best.train
+    assert (t.backbone_lr_scale, t.freeze_backbone_epochs, t.schedule, t.weight_decay) == (1.0, 0, "constant", 0.0)
+    assert t.ema > 0 and t.select == "last" and not t.tune_thresholds and best.model.tta == "flip"
+    assert best.data.val_fraction == 0 and best.data.root == old.data.root
+
+    class Table:  # assign_partition needs only the length and an absent official partition
+        partition, source = None, "celeba-8k"
+
+        def __len__(self):
+            return 8000
+
+    test_id = SPLIT_IDS["test"]
+    split = lambda c: assign_partition(Table(), c.data.val_fraction, c.data.test_fraction, c.data.split_seed)
+    new_part, old_part = split(best), split(old)
+    assert np.array_equal(new_part == test_id, old_part == test_id) and (new_part == test_id).sum() == 1600

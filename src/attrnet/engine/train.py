@@ -106,6 +106,11 @@ def network(model: nn.Module) -> nn.Module:
             return model
 
 
+def _val_text(row: dict) -> str:
+    """The validation mean accuracy for the log, or '-' without a validation split (data.val_fraction: 0)."""
+    return f"{row['val/mean_accuracy']:.4f}" if "val/mean_accuracy" in row else "-"
+
+
 def _write_history(run_dir: Path, history: list[dict]) -> None:
     keys = list(dict.fromkeys(k for row in history for k in row))
     buf = io.StringIO()
@@ -230,7 +235,7 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
                 writer.save(last_path, **state)  # last: written after best, so resume never skips a best
                 _write_history(run_dir, history)
                 log.info("epoch %d/%d  loss %.4f  val acc %s  %.1fs  %.0f img/s", epoch + 1, cfg.train.epochs,
-                         train_loss, f"{row.get('val/mean_accuracy', float('nan')):.4f}", seconds,
+                         train_loss, _val_text(row), seconds,
                          row["train/images_per_s"])
             best = max(best, score)
             ddp.barrier(dist)
@@ -283,8 +288,7 @@ def _finish_averaging(swa: WeightAverage, train_loader: BatchLoader, val_loader:
             yield x.contiguous(memory_format=torch.channels_last) if precision.channels_last else x
     recompute_batchnorm(swa.module, clean_batches(), precision.autocast)
     row = _validation_row(swa.module, val_loader, precision, dist, cfg, normalize, names)
-    log.info("weights averaged over the last %d epochs: val acc %s", swa.count,
-             f"{row.get('val/mean_accuracy', float('nan')):.4f}")
+    log.info("weights averaged over the last %d epochs: val acc %s", swa.count, _val_text(row))
     if dist.is_main:
         ckpt = load_checkpoint(ckpt_dir / "best.pt")
         ckpt.update(model=swa.module.state_dict(), ema=None, swa={"epochs": swa.count, **row})
