@@ -5,7 +5,8 @@ Deliberately plain, and independent of attrnet: PIL decode, one resize, a torchv
 number of epochs, the last epoch's weights, decisions at 0.5, no test-time augmentation. The only thing it
 shares with attrnet is the split, which it makes with the same seeded formula (attrnet.data.formats.
 assign_partition: a permutation seeded by 0, the first 20% test, the next 10% validation), so the same
-1,600 test images are scored. It trains on the 70% training rows (the validation rows are not used).
+1,600 test images are scored. It trains on the 70% training rows (the validation rows are not used), or with
+--train-on train+val on all 80% that are not test (as configs/celeba-best.yaml does).
 
     python benchmarks/plain_baseline.py ../shared/data/celeba-8k --arch mobilenet_v2 \
         --weights ~/.cache/torch/hub/checkpoints/mobilenet_v2-b0353104.pth --size 128 128 --epochs 10 --seed 0
@@ -30,6 +31,7 @@ p.add_argument("root"); p.add_argument("--arch", default="mobilenet_v2"); p.add_
 p.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
 p.add_argument("--epochs", type=int, default=10); p.add_argument("--batch", type=int, default=64)
 p.add_argument("--lr", type=float, default=1e-3); p.add_argument("--seed", type=int, default=0)
+p.add_argument("--train-on", choices=["train", "train+val"], default="train")
 p.add_argument("--bf16", choices=["auto", "yes", "no"], default="auto", help="bf16 autocast (auto: where the CPU has it)")
 args = p.parse_args()
 torch.manual_seed(args.seed)
@@ -40,7 +42,7 @@ labels = torch.tensor([[float(v == "1") for v in r[1:]] for r in rows])
 images = torch.stack([resize(pil_to_tensor(Image.open(Path(args.root) / "img_align_celeba" / r[0]).convert("RGB")),
                              args.size, antialias=True) for r in rows])            # uint8 [N, 3, H, W]
 order = np.random.default_rng(0).permutation(len(rows))                           # attrnet's seeded split
-test, train = order[:round(0.2 * len(rows))], order[round(0.3 * len(rows)):]
+test, train = order[:round(0.2 * len(rows))], order[round((0.3 if args.train_on == "train" else 0.2) * len(rows)):]
 
 model = getattr(torchvision.models, args.arch)()
 if args.weights:
@@ -75,7 +77,7 @@ tp, tn = (pred * y).sum(0), ((1 - pred) * (1 - y)).sum(0)
 pos, neg = y.sum(0), (1 - y).sum(0)
 f1 = 2 * tp / (pred.sum(0) + pos).clamp_min(1)
 print(json.dumps({"arch": args.arch, "pretrained": bool(args.weights), "size": args.size, "epochs": args.epochs,
-                  "lr": args.lr, "seed": args.seed, "bf16": bf16, "test_images": len(test),
+                  "lr": args.lr, "seed": args.seed, "bf16": bf16, "train_images": len(train), "test_images": len(test),
                   "mean_accuracy": round(((tp + tn) / len(test)).mean().item(), 4),
                   "mean_balanced_accuracy": round((0.5 * (tp / pos.clamp_min(1) + tn / neg.clamp_min(1))).mean().item(), 4),
                   "mean_f1": round(f1.mean().item(), 4), "seconds_per_epoch": round(float(np.median(seconds)), 1)}))

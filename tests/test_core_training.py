@@ -356,20 +356,23 @@ def test_checkpoint_writer_saves_a_snapshot_in_order_and_reports_failures(tmp_pa
 
 def test_backward_warmup_leaves_the_model_as_it_was(tmp_path, caplog):
     """The warm-up works on a copy: a frozen model's weights, BatchNorm statistics, flags and gradients are
-    unchanged afterwards, and the copy did run a backward pass through the backbone."""
+    unchanged afterwards, the copy did run a backward pass through the backbone, and it drew nothing from the
+    random generator the training's dropout uses (dropout before the heads is on here)."""
     from attrnet.engine.warmup import start_backward_warmup
     from attrnet.models.build import build_model
 
-    cfg = tiny_config(tmp_path, model__backbone="mobilenet_v2")
+    cfg = tiny_config(tmp_path, model__backbone="mobilenet_v2", model__dropout="0.5")
     model = build_model(cfg.model, 3, 3)
     model.freeze_backbone(True)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     caplog.set_level("INFO", logger="attrnet.engine.warmup")
+    rng = torch.get_rng_state()
     thread = start_backward_warmup(model, (4, 3, 32, 32), setup.Precision(cfg, torch.device("cpu")),
                                    torch.device("cpu"))
     thread.join(timeout=120)
     assert not thread.is_alive()
+    assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert not any(p.requires_grad for p in model.backbone.parameters()) and model.backbone_frozen

@@ -119,3 +119,14 @@ def test_prediction_with_device_decoding_and_a_one_batch_lag(tmp_path, csv_run):
     assert out_paths == paths[:-1] and bad == [tmp_path / "junk.jpg"]
     expected = model.predict([str(p) for p in paths[:-1]]).probabilities
     np.testing.assert_allclose(np.concatenate(probs), expected, rtol=0, atol=1e-6)
+
+
+def test_a_bare_cuda_device_is_the_current_gpu(monkeypatch):
+    """torch.device('cuda') != torch.device('cuda:0'): the GPU-decoded cache must still be found as on the
+    device the training asked for (else a second copy of the whole set is made on the GPU)."""
+    from attrnet.device import same_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    cuda, cuda0, cuda1, cpu = (torch.device(d) for d in ("cuda", "cuda:0", "cuda:1", "cpu"))
+    assert cuda != cuda0 and same_device(cuda, cuda0) and same_device(cuda0, cuda)
+    assert not same_device(cuda, cuda1) and not same_device(cuda, cpu) and same_device(cpu, torch.device("cpu"))

@@ -20,3 +20,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise AttrnetError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     return device
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same one: torch.device('cuda') == torch.device('cuda:0') is False, so a bare
+    'cuda' is taken as the current GPU."""
+    def index(d: torch.device) -> int | None:
+        return torch.cuda.current_device() if d.type == "cuda" and d.index is None else d.index
+    return a.type == b.type and index(a) == index(b)

@@ -120,7 +120,7 @@ class _Pending:
             host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
             host.copy_(probs, non_blocking=True)
             self.done = torch.cuda.Event()
-            self.done.record()
+            self.done.record(torch.cuda.current_stream(probs.device))  # the copy's device, maybe not the current one
             probs = host
         self.probs = probs
 

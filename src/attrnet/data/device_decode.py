@@ -9,6 +9,7 @@ which no decoder should be asked to allocate. Used by prediction from folders an
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -41,6 +42,28 @@ def is_safe_jpeg(data: torch.Tensor) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def _decoder_stream(index: int) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device=index)
+
+
+def _decode_jpegs(data: list[torch.Tensor] | torch.Tensor, device: torch.device):
+    """decode_jpeg, made safe on a GPU: there it allocates its outputs on the current stream but writes them from
+    a stream of its own that does not wait for the current one (pytorch/vision#9606), so memory that queued
+    work is still using could be written early. On a stream that only decodes, every block the allocator hands
+    out is idle (a block used elsewhere is reused only after that use, recorded by record_stream, is done)."""
+    if device.type != "cuda":
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    current = torch.cuda.current_stream(device)
+    stream = _decoder_stream(device.index if device.index is not None else torch.cuda.current_device())
+    with torch.cuda.stream(stream):
+        out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    current.wait_stream(stream)
+    for image in out if isinstance(out, list) else [out]:
+        image.record_stream(current)
+    return out
+
+
 def decode_batch(encoded: list[torch.Tensor | None], size: tuple[int, int], resize: str,
                  device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
     """RGB uint8 [B, 3, H, W] on `device` at `size` for a batch of encoded files, and ok [B] (False: unreadable,
@@ -51,12 +74,12 @@ def decode_batch(encoded: list[torch.Tensor | None], size: tuple[int, int], resi
     decoded: dict[int, torch.Tensor] = {}
     try:
         if jpegs:
-            images = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            images = _decode_jpegs([encoded[i] for i in jpegs], device)
             decoded.update(zip(jpegs, images))
     except RuntimeError:  # one file the decoder refuses fails the whole call: then each alone
         for i in jpegs:
             try:
-                decoded[i] = decode_jpeg(encoded[i], mode=ImageReadMode.RGB, device=device)
+                decoded[i] = _decode_jpegs(encoded[i], device)
             except RuntimeError:  # and the CPU decoder below says whether it is readable at all
                 pass
     for i, data in enumerate(encoded):

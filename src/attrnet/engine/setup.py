@@ -16,7 +16,7 @@ from attrnet.data.cache import CacheBuild, DecodedImages, open_or_start  # noqa:
 from attrnet.data.formats import assign_partition, read_table, split_indices
 from attrnet.data.images import RESIZE_METHODS
 from attrnet.data.table import AttributeTable
-from attrnet.device import resolve_device  # noqa: F401 - re-exported for the engine's callers
+from attrnet.device import resolve_device, same_device  # noqa: F401 - resolve_device re-exported for callers
 from attrnet.errors import AttrnetError
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def images_for_device(decoded: DecodedImages, device: torch.device, mode) -> tor
     (already there when it was decoded there)."""
     if device.type != "cuda" or mode is False or mode == "false":
         return decoded.images
-    if decoded.device_images is not None and decoded.device_images.device == device:
+    if decoded.device_images is not None and same_device(decoded.device_images.device, device):
         return decoded.device_images
     if not fits_on_device(decoded.images.nbytes, device, mode):
         return decoded.images

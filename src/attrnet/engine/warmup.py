@@ -31,25 +31,37 @@ def start_backward_warmup(model: nn.Module, batch_shape: tuple[int, ...], precis
         p.requires_grad_(True)
     if hasattr(twin, "freeze_backbone"):
         twin.freeze_backbone(False)
-    twin.train()
+    # eval() but BatchNorm training: the training kernels, and no draw from the random generator that the
+    # training's dropout and drop-path use (the run stays repeatable)
+    twin.eval()
+    for m in twin.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
     x = torch.zeros(batch_shape, device=device)
     if precision.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    copied = None
+    if device.type == "cuda":  # the side stream starts after the copy and x are written
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(device))
 
     def run() -> None:
         t0 = time.perf_counter()
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         try:
-            stream = torch.cuda.Stream(device) if device.type == "cuda" else None
             with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                if copied is not None:
+                    stream.wait_event(copied)
                 with precision.autocast():
                     out = twin(x)
                 out.float().sum().backward()
-                if stream is not None:
-                    stream.synchronize()
         except Exception as exc:  # only a head start: the epoch that needs these kernels makes them anyway
             log.warning("backward warm-up failed (%s: %s); the first unfrozen epoch will be slower",
                         type(exc).__name__, exc)
             return
+        finally:  # nothing it queued outlives the thread (its tensors are freed when it returns)
+            if stream is not None:
+                stream.synchronize()
         log.info("backward pass of the unfrozen backbone prepared in %.1f s, during the frozen epochs",
                  time.perf_counter() - t0)
 
