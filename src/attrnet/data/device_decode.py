@@ -48,10 +48,11 @@ def _decoder_stream(index: int) -> torch.cuda.Stream:
 
 
 def _decode_jpegs(data: list[torch.Tensor] | torch.Tensor, device: torch.device):
-    """decode_jpeg, made safe on a GPU: there it allocates its outputs on the current stream but writes them from
-    a stream of its own that does not wait for the current one (pytorch/vision#9606), so memory that queued
-    work is still using could be written early. On a stream that only decodes, every block the allocator hands
-    out is idle (a block used elsewhere is reused only after that use, recorded by record_stream, is done)."""
+    """decode_jpeg, made safe on a GPU: nvJPEG's hardware decoder writes its outputs without waiting for work
+    queued on the stream it is given, and the allocator hands out a block as soon as it is freed on that stream
+    (pytorch/vision#9606, meta-pytorch/torchcodec#1634), so memory that queued kernels still read could be
+    overwritten. On a stream that only decodes, every block the allocator hands out is idle (a block the
+    training used is reused only once that use, recorded by record_stream, is done)."""
     if device.type != "cuda":
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     current = torch.cuda.current_stream(device)
