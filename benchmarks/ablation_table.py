@@ -36,8 +36,15 @@ def load(path: str) -> dict:
 def mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
-    sd = st.stdev(values) if len(values) > 1 else 0.0
-    return f"{st.mean(values):+.4f} ± {sd:.4f}"
+    if len(values) == 1:  # no spread to show: one seed is not evidence of a difference this small
+        return f"{values[0]:+.4f} (one seed)"
+    return f"{st.mean(values):+.4f} ± {st.stdev(values):.4f}"
+
+
+def _minutes(seconds: list[float]) -> str:
+    """Mean minutes of the runs that were timed (0: a run scored again from its folder, not trained)."""
+    timed = [x for x in seconds if x > 0]
+    return f"{st.mean(timed) / 60:.0f}" if timed else "-"
 
 
 def training_rows(runs: dict) -> list[str]:
@@ -58,7 +65,7 @@ def training_rows(runs: dict) -> list[str]:
         ema = [runs[(v, s)][EMA] for s in seeds if EMA in runs[(v, s)]] or [runs[(v, s)][PLAIN] for s in seeds]
         out.append(f"| {v} | {len(seeds)} | {cells[0]} | {cells[1]} | "
                    f"{st.mean(p['test_balanced_at_0.5'] for p in ema):.4f} | {st.mean(p['test_f1_at_0.5'] for p in ema):.4f} | "
-                   f"{st.mean(runs[(v, s)][PLAIN].get('train_seconds', 0) for s in seeds) / 60:.0f} |")
+                   f"{_minutes([runs[(v, s)][PLAIN].get('train_seconds', 0) for s in seeds])} |")
     return out
 
 
