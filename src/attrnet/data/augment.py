@@ -97,7 +97,9 @@ AUTO_AUGMENTS = ("none", "trivial", "randaugment")
 def auto_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
     """torchvision's TrivialAugmentWide or RandAugment (2 ops, magnitude 9) on a uint8 batch, each image its
     own draw (the transforms draw from torch's global generator, which the engine seeds per epoch). A loop
-    over the images: torchvision's transforms give a whole batch one draw."""
+    over the images: torchvision's transforms give a whole batch one draw. On a GPU this is the one training
+    option that makes the step wait for the device (the ops build small tensors from host values per image);
+    tests/test_host_sync.py leaves it out for that reason."""
     if policy == "none":
         return x
     from torchvision.transforms import v2
