@@ -14,8 +14,8 @@
 #
 # usage: benchmarks/offline_weights.sh [DEST]     DEST: default torch hub's checkpoints folder
 #        (~/.cache/torch/hub/checkpoints, or $TORCH_HOME/hub/checkpoints)
-# then:  attrnet train --config configs/celeba-pretrained.yaml --out runs/pretrained
-#        attrnet train --config configs/celeba-pretrained-lite0.yaml --out runs/lite0    (DEST the default)
+# then:  attrnet train --config configs/celeba-best.yaml --out runs/best
+#        attrnet train --config configs/celeba-best-lite0.yaml --out runs/lite0       (DEST the default)
 #        or, from another DEST, add model.pretrained=DEST/tf_efficientnet_lite0.lukemelas_in1k-57934424.pth
 # (the second needs timm: pip install 'attrnet[timm]'; model.pretrained can also name the lukemelas file
 #  itself, which is mapped on loading)

@@ -378,12 +378,12 @@ def test_seed_config_with_pretrained_weights_sums_them_for_grey(tmp_path):
 
 
 def test_the_lite0_config_reads_the_file_offline_weights_sh_writes(tmp_path, monkeypatch):
-    """configs/celeba-pretrained-lite0.yaml: timm's Lite0 with the converted file in torch hub's folder under ~;
+    """configs/celeba-best-lite0.yaml: timm's Lite0 with the converted file in torch hub's folder under ~;
     where that file is missing, loading the config says so (one error naming the path), before any work."""
     from pathlib import Path
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    config = Path(__file__).resolve().parent.parent / "configs" / "celeba-pretrained-lite0.yaml"
+    config = Path(__file__).resolve().parent.parent / "configs" / "celeba-best-lite0.yaml"
     weights = tmp_path / ".cache/torch/hub/checkpoints/tf_efficientnet_lite0.lukemelas_in1k-57934424.pth"
     with pytest.raises(AttrnetError, match=f"no such weights file: {weights}"):
         load_config(config)
@@ -391,4 +391,4 @@ def test_the_lite0_config_reads_the_file_offline_weights_sh_writes(tmp_path, mon
     weights.write_bytes(b"")
     cfg = load_config(config)
     assert (cfg.model.backbone, cfg.model.pretrained) == ("timm/tf_efficientnet_lite0", str(weights))
-    assert cfg.train.backbone_lr_scale < 1 and cfg.train.freeze_backbone_epochs >= 1
+    assert cfg.train.backbone_lr_scale == 1 and cfg.train.ema > 0  # the celeba-best recipe
