@@ -74,9 +74,9 @@ def inference_rows(runs: dict) -> list[str]:
         "flip TTA (last, trained)": ((("last", "trained", "flip"), "test_at_0.5"), (PLAIN, "test_at_0.5")),
         "thresholds tuned on validation (last, trained)": ((PLAIN, "test_tuned"), (PLAIN, "test_at_0.5")),
         "thresholds tuned on validation (last, EMA)": ((EMA, "test_tuned"), (EMA, "test_at_0.5")),
-        "EMA weights (last)": ((("last", "ema", "none"), "test_at_0.5"), (PLAIN, "test_at_0.5")),
+        "EMA weights (last)": ((EMA, "test_at_0.5"), (PLAIN, "test_at_0.5")),
         "best epoch by validation instead of last (EMA)": ((("best", "ema", "none"), "test_at_0.5"),
-                                                           (("last", "ema", "none"), "test_at_0.5")),
+                                                           (EMA, "test_at_0.5")),
         "EMA + flip TTA (last)": ((("last", "ema", "flip"), "test_at_0.5"), (PLAIN, "test_at_0.5")),
     }
     out = []

@@ -22,9 +22,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def device_index(device: torch.device) -> int | None:
+    """The device's index, a bare 'cuda' being the current GPU. (resolve_device leaves 'cuda' bare on purpose:
+    asking for the current GPU there would start CUDA on GPU 0 in every torchrun process before each picks
+    its own.)"""
+    return torch.cuda.current_device() if device.type == "cuda" and device.index is None else device.index
+
+
 def same_device(a: torch.device, b: torch.device) -> bool:
-    """Whether two devices are the same one: torch.device('cuda') == torch.device('cuda:0') is False, so a bare
-    'cuda' is taken as the current GPU."""
-    def index(d: torch.device) -> int | None:
-        return torch.cuda.current_device() if d.type == "cuda" and d.index is None else d.index
-    return a.type == b.type and index(a) == index(b)
+    """Whether two devices are the same one: torch.device('cuda') == torch.device('cuda:0') is False."""
+    return a.type == b.type and device_index(a) == device_index(b)

@@ -19,6 +19,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from attrnet.data.images import JPEG_FORMATS, MAX_PIXELS, decode_image_bytes, resize_images
+from attrnet.device import device_index
 from attrnet.errors import AttrnetError
 
 
@@ -56,7 +57,7 @@ def _decode_jpegs(data: list[torch.Tensor] | torch.Tensor, device: torch.device)
     if device.type != "cuda":
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     current = torch.cuda.current_stream(device)
-    stream = _decoder_stream(device.index if device.index is not None else torch.cuda.current_device())
+    stream = _decoder_stream(device_index(device))
     with torch.cuda.stream(stream):
         out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     current.wait_stream(stream)
