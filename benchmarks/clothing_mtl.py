@@ -3,8 +3,8 @@
 
 For each of --splits seeded train/val/test splits of the 1,485 images (data.split_seed = split id):
   1. one multi-attribute CNN is trained on that split's training part (the core's fit); its penultimate
-     features are the features of every method on that split (attrnet.mtl.features.compute_features);
-  2. attrnet.mtl.pipeline.fit_and_evaluate fits, on the same standardised features of the training part,
+     features are the features of every method on that split (attrnet.paper.features.compute_features);
+  2. attrnet.paper.pipeline.fit_and_evaluate fits, on the same standardised features of the training part,
      the paper's MTL (fit_mtl; mu, gamma, lam, K picked on the validation part from --grid) and independent
      per-attribute squared-hinge classifiers (fit_independent; their ridge weight picked on validation
      likewise), and evaluates both and the CNN's own heads on the test part with the same threshold rule.
@@ -70,8 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_config(args: argparse.Namespace, split: int, on_gpu: bool):
     """The Config of one split: clothing data with split_seed=split, a shared CNN, the MTL settings."""
-    from attrnet.config import config_from_dict
     import yaml
+
+    from attrnet.config import config_from_dict
 
     size = args.image_size or (224 if on_gpu else 64)
     epochs = args.epochs or (30 if on_gpu else 10)
@@ -90,9 +91,10 @@ def make_config(args: argparse.Namespace, split: int, on_gpu: bool):
 
 def run_split(cfg, run_dir: Path, progress: bool = False) -> dict:
     """Features of one split (cached in run_dir), then every method on them: {method: report}, hyper, timings."""
-    from attrnet.engine.setup import prepare_data, resolve_device
-    from attrnet.mtl.features import compute_features
-    from attrnet.mtl.pipeline import fit_and_evaluate
+    from attrnet.device import resolve_device
+    from attrnet.engine.setup import prepare_data
+    from attrnet.paper.features import compute_features
+    from attrnet.paper.pipeline import fit_and_evaluate
 
     t0 = time.perf_counter()
     data = prepare_data(cfg, progress=progress)
@@ -153,12 +155,12 @@ def main(argv=None) -> int:
     for name in ("PIL", "matplotlib", "attrnet.mtl.solver", "attrnet.engine.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
     from attrnet import atomic, report
-    from attrnet.engine.setup import resolve_device
+    from attrnet.device import resolve_device
 
     device = resolve_device(args.device)
     if args.measure_vmap:
+        from attrnet.bench.vmap import measure_batched_speedup
         from attrnet.engine.setup import prepare_data
-        from attrnet.mtl.features import measure_batched_speedup
 
         cfg = make_config(args, args.first_split, device.type == "cuda")
         out = measure_batched_speedup(cfg, prepare_data(cfg, progress=False), device, steps=args.vmap_steps,

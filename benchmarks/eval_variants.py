@@ -21,10 +21,12 @@ import torch
 
 from attrnet import metrics
 from attrnet.config import config_from_dict
-from attrnet.engine.checkpoint import load_checkpoint, network_from_checkpoint
+from attrnet.device import resolve_device
 from attrnet.engine.evaluate import predict_probs
-from attrnet.engine.setup import Precision, images_for_device, make_loader, prepare_data, resolve_device
+from attrnet.engine.setup import images_for_device, make_loader, prepare_data
+from attrnet.inference.checkpoint import load_checkpoint, network_from_checkpoint, preprocessing_of
 from attrnet.inference.forward import make_normalize
+from attrnet.precision import Precision
 
 
 def main() -> None:
@@ -42,9 +44,10 @@ def main() -> None:
     cfg = config_from_dict(first["config"])
     data = prepare_data(cfg, progress=False)
     images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
-    precision = Precision(cfg, device)
+    precision = Precision.from_config(cfg, device)
     names = data.table.names
-    normalize = make_normalize(first.get("normalization"), 1 if cfg.data.grayscale else 3).to(device)
+    pre = preprocessing_of(first)
+    normalize = make_normalize(pre.normalization, pre.channels).to(device)
     loaders = {s: make_loader(images, data, data.indices(s), args.batch_size, device, False) for s in ("val", "test")}
     for which in args.checkpoints.split(","):
         ckpt = load_checkpoint(run / "checkpoints" / f"{which}.pt")

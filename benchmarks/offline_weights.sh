@@ -60,7 +60,7 @@ EOF
 
 # EfficientNet-Lite0 in timm's keys (a plain state dict, classifier included); needs timm
 if "$PY" -c 'import timm' 2>/dev/null; then
-    "$PY" -c 'import sys; from attrnet.models.weight_maps import convert_file; print(convert_file(*sys.argv[1:]), " timm tf_efficientnet_lite0 keys")' \
+    "$PY" -c 'import sys; from attrnet.models.convert import convert_file; print(convert_file(*sys.argv[1:]), " timm tf_efficientnet_lite0 keys")' \
         "$DEST/efficientnet-lite0-57934424.pth" "$DEST/tf_efficientnet_lite0.lukemelas_in1k-57934424.pth" tf_efficientnet_lite0
 else
     echo "timm not installed: skipped the Lite0 conversion (pip install 'attrnet[timm]', then run this again)" >&2

@@ -15,7 +15,9 @@ assign_partition: a permutation seeded by 0, the first 20% test, the next 10% va
 Prints one JSON line: test mean accuracy, balanced accuracy and F1 over the 40 attributes, seconds per epoch.
 """
 
-import argparse, json, time
+import argparse
+import json
+import time
 from pathlib import Path
 
 import numpy as np

@@ -73,10 +73,10 @@ def untrained_model(spec: str, folder: Path) -> str:
     from attrnet.data.groups import CELEBA_GROUPS
     from attrnet.inference.checkpoint import KIND_ATTRIBUTE_NET
     from attrnet.inference.export import export_hub
-    from attrnet.inference.forward import IMAGENET_NORMALIZATION
     from attrnet.inference.model import AttributeModel
     from attrnet.inference.sources import ModelInfo
     from attrnet.models.build import build_model
+    from attrnet.preprocessing import Preprocessing
 
     backbone, size = spec.split(":")
     cfg = Config()
@@ -85,8 +85,7 @@ def untrained_model(spec: str, folder: Path) -> str:
     torch.manual_seed(0)
     net = build_model(cfg.model, len(names), 3).eval()
     info = ModelInfo(kind=KIND_ATTRIBUTE_NET, attributes=names, thresholds=np.full(len(names), 0.5),
-                     image_size=(int(size), int(size)), grayscale=False, resize="squash",
-                     normalization=dict(IMAGENET_NORMALIZATION), tta="none", config=cfg.to_dict(),
+                     preprocessing=Preprocessing(image_size=(int(size), int(size))), config=cfg.to_dict(),
                      groups=CELEBA_GROUPS)
     export_hub(AttributeModel(net, info, torch.device("cpu")), folder, card="untrained: for load tests only\n")
     return str(folder)

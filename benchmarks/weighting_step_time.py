@@ -32,11 +32,12 @@ import time
 import numpy as np
 import torch
 
-from attrnet.config import WEIGHTINGS, load_config
+from attrnet.config import load_config
+from attrnet.config_rules import WEIGHTINGS
 from attrnet.data.batches import BatchLoader
-from attrnet.engine import setup
 from attrnet.engine import train as T
 from attrnet.models.build import build_model
+from attrnet.precision import Precision
 
 
 def _sync(device: torch.device) -> None:
@@ -81,7 +82,7 @@ def main() -> None:
                                  f"train.weighting={'ew' if name in libmtl else name}", *args.overrides])
         torch.manual_seed(0)
         model = build_model(cfg.model, m, 3).to(device)
-        precision = setup.Precision(cfg, device)
+        precision = Precision.from_config(cfg, device)
         if precision.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if name in libmtl:  # the weighting is LibMTL's method merged with the model (its own parameters too)

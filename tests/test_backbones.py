@@ -196,7 +196,8 @@ def _lukemelas_state(model: nn.Module) -> dict:
 
 
 def test_lukemelas_efficientnet_file_loads_into_timm_lite0(tmp_path):
-    from attrnet.models.weight_maps import LUKEMELAS_EFFICIENTNET, convert_file, detect_layout
+    from attrnet.models.convert import convert_file
+    from attrnet.models.weight_maps import LUKEMELAS_EFFICIENTNET, detect_layout
 
     torch.manual_seed(3)
     reference = timm.create_model("tf_efficientnet_lite0")
@@ -296,9 +297,9 @@ def test_normalize_default_is_imagenet_bit_for_bit():
 def test_fine_tuning_run_stores_its_normalization_and_freezes_the_body(tmp_path):
     from conftest import random_csv_rows, tiny_config, write_csv_folder
     from attrnet.engine.train import fit
-    from attrnet.inference.checkpoint import load_checkpoint
-    from attrnet.inference.forward import make_normalize
     from attrnet.data.augment import normalize
+    from attrnet.inference.checkpoint import load_checkpoint, preprocessing_of
+    from attrnet.inference.forward import make_normalize
 
     torch.manual_seed(6)
     weights = timm.create_model("tf_efficientnet_lite0").state_dict()
@@ -310,10 +311,11 @@ def test_fine_tuning_run_stores_its_normalization_and_freezes_the_body(tmp_path)
                       train__freeze_backbone_epochs=1, train__backbone_lr_scale=0.1, data__grayscale="true")
     fit(cfg, tmp_path / "run", progress=False)
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert ckpt["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
+    norm = preprocessing_of(ckpt).normalization
+    assert norm == {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
     # inference reads it back into the arithmetic training used
     x = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
-    torch.testing.assert_close(make_normalize(ckpt["normalization"], 1)(x), normalize(x, mean=[0.5] * 3, std=[0.5] * 3),
+    torch.testing.assert_close(make_normalize(norm, 1)(x), normalize(x, mean=[0.5] * 3, std=[0.5] * 3),
                                rtol=0, atol=0)
     # the one epoch trained the heads only: the body (BatchNorm statistics too) is the file's, but the stem,
     # summed for grey input
@@ -327,7 +329,7 @@ def test_fine_tuning_run_stores_its_normalization_and_freezes_the_body(tmp_path)
 
 def test_parameter_groups_for_fine_tuning():
     from attrnet.config import ModelConfig
-    from attrnet.engine.train import build_optimizer
+    from attrnet.engine.optim import build_optimizer
     from attrnet.models.build import build_model
 
     model = build_model(ModelConfig(backbone="resnet18", trunk=[16]), 3, 3)

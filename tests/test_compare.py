@@ -41,9 +41,8 @@ def test_compare_trains_each_run_once_and_the_table_is_the_runs_metrics(folder, 
     out = base / "cmp"
     cfg = load_config(None, _overrides(base, data))
     prepared = []
-    import attrnet.engine.setup as setup_mod
-    real_prepare = setup_mod.prepare_data
-    monkeypatch.setattr(setup_mod, "prepare_data", lambda *a, **k: prepared.append(1) or real_prepare(*a, **k))
+    real_prepare = compare.prepare_data
+    monkeypatch.setattr(compare, "prepare_data", lambda *a, **k: prepared.append(1) or real_prepare(*a, **k))
     result = compare.run_comparison(cfg, ["ew", "latent"], [0, 1], out, progress=False)
     assert result["trained"] == 4 and result["skipped"] == 0 and len(prepared) == 1  # one cache, one split
     # each run is the method it names, with its seed; the latent head is a method

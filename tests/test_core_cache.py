@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import attrnet.data.cache as cache_mod
-from attrnet.data.cache import decode_all, open_or_start, remove_abandoned_builds
+from attrnet.data import cache_files as files_mod
+from attrnet.data.cache import decode_all, open_or_start
+from attrnet.data.cache_files import remove_abandoned_builds
 from attrnet.data.images import load_image
 from conftest import write_jpeg
 
@@ -132,7 +134,7 @@ def _build_folder(root, pid: int, key: str = "0123456789abcdef01234567", pid_spa
     folder.mkdir(parents=True)
     (folder / "images.npy").write_bytes(b"\0" * 1000)
     if pid_space is not None:
-        (folder / "pid_space").write_text(cache_mod._pid_space() if pid_space == "here" else pid_space)
+        (folder / "pid_space").write_text(files_mod._pid_space() if pid_space == "here" else pid_space)
     then = time.time() - age_s
     for p in [*folder.iterdir(), folder]:
         os.utime(p, (then, then))
@@ -169,7 +171,7 @@ def test_cleanup_also_runs_when_the_cache_exists(tmp_path, images, monkeypatch):
 def test_a_process_we_may_not_signal_counts_as_alive(tmp_path, monkeypatch):
     def kill(pid, sig):
         raise PermissionError(1, "Operation not permitted")
-    monkeypatch.setattr(cache_mod.os, "kill", kill)
+    monkeypatch.setattr(files_mod.os, "kill", kill)
     folder = _build_folder(tmp_path, 1)
     assert remove_abandoned_builds(tmp_path) == []
     assert folder.is_dir()
@@ -178,7 +180,7 @@ def test_a_process_we_may_not_signal_counts_as_alive(tmp_path, monkeypatch):
 def test_other_machines_builds_are_judged_by_age(tmp_path):
     # a pid of another host or pid namespace says nothing here: only a day without writes marks it abandoned
     pid = _dead_pid()
-    day = cache_mod.FOREIGN_BUILD_STALE_AFTER_S
+    day = files_mod.FOREIGN_BUILD_STALE_AFTER_S
     fresh = _build_folder(tmp_path, pid, key="a" * 24, pid_space="other-host pid:[1]", age_s=day - 600)
     old = _build_folder(tmp_path, pid, key="b" * 24, pid_space="other-host pid:[1]", age_s=day + 600)
     assert remove_abandoned_builds(tmp_path) == [old]
@@ -188,7 +190,7 @@ def test_other_machines_builds_are_judged_by_age(tmp_path):
 def test_unmarked_folders_get_a_grace_period(tmp_path):
     # no pid_space file: an older attrnet's folder, or one whose file a shared disk does not show yet
     pid = _dead_pid()
-    grace = cache_mod.UNMARKED_BUILD_GRACE_S
+    grace = files_mod.UNMARKED_BUILD_GRACE_S
     new = _build_folder(tmp_path, pid, key="c" * 24, pid_space=None, age_s=grace - 60)
     old = _build_folder(tmp_path, pid, key="d" * 24, pid_space=None, age_s=grace + 60)
     assert remove_abandoned_builds(tmp_path) == [old]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attrnet.cli import main
-from attrnet.engine.checkpoint import load_checkpoint
+from attrnet.inference.checkpoint import load_checkpoint
 from conftest import random_csv_rows, write_csv_folder
 
 SEED8 = ["Eyeglasses", "Male", "Smiling", "Wearing_Hat", "Wearing_Necklace", "Wearing_Necktie",
@@ -205,7 +205,7 @@ def test_end_to_end_synth_train_evaluate_predict_inspect(run_cli, tmp_path):
     ckpt = load_checkpoint(run)
     thresholds = np.array(ckpt["thresholds"])
     assert ckpt["attributes"] == SEED8 and thresholds.shape == (8,)
-    assert ckpt["image_size"] == [32, 32] and ckpt["config"]["data"]["cache_dir"] == str(cache)
+    assert ckpt["preprocessing"]["image_size"] == [32, 32] and ckpt["config"]["data"]["cache_dir"] == str(cache)
 
     # evaluate on every image
     code, out, err = run_cli(["evaluate", run, "--data", data, "--split", "all", "--out", tmp_path / "E.json",

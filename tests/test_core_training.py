@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import attrnet.engine.train as train_mod
-import attrnet.engine.setup as setup
-from attrnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from attrnet.precision import Precision
+from attrnet.inference.checkpoint import load_checkpoint
+from attrnet.engine.checkpoint import save_checkpoint
 from attrnet.engine.evaluate import evaluate_checkpoint
 from attrnet.engine.train import fit
 from attrnet.errors import AttrnetError
@@ -222,7 +223,7 @@ def test_training_steps_do_not_sync_the_host(tmp_path, scale):
     labels[::7, 2] = np.nan
     loader = BatchLoader(images, labels, np.arange(64), 8, dev, shuffle=True, drop_last=True)
     model = build_model(cfg.model, 5, 3).to(dev).to(memory_format=torch.channels_last)
-    precision = setup.Precision(cfg, dev)
+    precision = Precision.from_config(cfg, dev)
     opt = train_mod.build_optimizer(model, cfg, dev)
     sched = train_mod.build_scheduler(opt, cfg, len(loader))
     train_mod.train_one_epoch(model, loader, opt, sched, cfg, precision, 0, progress=False)  # warm-up
@@ -368,7 +369,7 @@ def test_backward_warmup_leaves_the_model_as_it_was(tmp_path, caplog):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     caplog.set_level("INFO", logger="attrnet.engine.warmup")
     rng = torch.get_rng_state()
-    thread = start_backward_warmup(model, (4, 3, 32, 32), setup.Precision(cfg, torch.device("cpu")),
+    thread = start_backward_warmup(model, (4, 3, 32, 32), Precision.from_config(cfg, torch.device("cpu")),
                                    torch.device("cpu"))
     thread.join(timeout=120)
     assert not thread.is_alive()

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+import attrnet.engine.optim as optim_mod
+import attrnet.engine.averaging as averaging_mod
 import attrnet.engine.train as train_mod
+from attrnet.precision import Precision
 from attrnet.data.batches import BatchLoader
-from attrnet.engine import setup
 from attrnet.models.build import build_model
 from attrnet.weighting import METHODS
 from conftest import tiny_config
@@ -33,13 +35,13 @@ def _epoch_syncs(tmp_path, head: str = "independent", **extra) -> list:
     dev = torch.device("cpu")
     loader = BatchLoader(images, labels, np.arange(48), 8, dev, shuffle=True, drop_last=True)
     model = build_model(cfg.model, 5, 3)
-    t = train_mod.Training(model, model, train_mod.build_optimizer(model, cfg, dev), None, setup.Precision(cfg, dev))
-    t.scheduler = train_mod.build_scheduler(t.optimizer, cfg, len(loader))
+    t = train_mod.Training(model, model, optim_mod.build_optimizer(model, cfg, dev), None, Precision.from_config(cfg, dev))
+    t.scheduler = optim_mod.build_scheduler(t.optimizer, cfg, len(loader))
     weighting = train_mod.make_weighting_for(cfg, 5, dev)
-    ema = train_mod.make_ema(model, cfg.train.ema)
-    after = train_mod.chain(train_mod.proximal_step_fn(model, cfg, None, list("abcde"), t.scheduler),
+    ema = averaging_mod.make_ema(model, cfg.train.ema)
+    after = train_mod.chain(train_mod.proximal_step_fn(model, cfg, None, list("abcde"), t.scheduler, 40),
                             ema.update if ema is not None else None)
-    pos_weight = train_mod.compute_pos_weight(labels) if cfg.train.pos_weight else None
+    pos_weight = optim_mod.compute_pos_weight(labels) if cfg.train.pos_weight else None
     run = lambda epoch: train_mod.train_one_epoch(model, loader, t.optimizer, t.scheduler, cfg, t.precision, epoch,
                                                   pos_weight, progress=False, after_step=after, weighting=weighting)
     run(0)  # first-use work (lazy state, one-off checks) happens once, outside the count

@@ -3,7 +3,6 @@ exports (ONNX, Hub folder) that reproduce the PyTorch probabilities, and no trai
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from PIL import Image
 
 from attrnet.cli import main
 from attrnet.inference import load_model
-from attrnet.inference.forward import IMAGENET_NORMALIZATION
+from attrnet.preprocessing import Preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
@@ -60,20 +59,24 @@ def run(request, csv_run, tmp_path_factory) -> Path:
 def test_inference_imports_no_training_code():
     """In a fresh interpreter: loading the inference package loads nothing of engine, the MTL pipeline or bench."""
     code = ("import sys, attrnet.inference, attrnet.inference.export, attrnet.inference.onnx_model; "
-            "bad = [m for m in sys.modules if m.startswith(('attrnet.engine', 'attrnet.mtl.pipeline', "
-            "'attrnet.mtl.features', 'attrnet.mtl.cnns', 'attrnet.bench'))]; print(','.join(bad))")
+            "bad = [m for m in sys.modules if m.startswith(('attrnet.engine', 'attrnet.paper.pipeline', "
+            "'attrnet.paper.features', 'attrnet.paper.cnns', 'attrnet.bench'))]; print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
     sources = "\n".join(p.read_text() for p in (REPO / "src" / "attrnet" / "inference").glob("*.py"))
-    for forbidden in ("attrnet.engine", "attrnet.mtl.pipeline", "attrnet.mtl.features", "attrnet.mtl.cnns",
+    for forbidden in ("attrnet.engine", "attrnet.paper.pipeline", "attrnet.paper.features", "attrnet.paper.cnns",
                       "attrnet.bench"):
         assert forbidden not in sources, forbidden
 
 
-def test_imagenet_statistics_match_training():
-    from attrnet.data.augment import IMAGENET_MEAN, IMAGENET_STD
-    assert tuple(IMAGENET_NORMALIZATION["mean"]) == IMAGENET_MEAN
-    assert tuple(IMAGENET_NORMALIZATION["std"]) == IMAGENET_STD
+def test_imagenet_statistics_are_written_once():
+    """Training's normalisation, inference's and the backbones' default read one record (attrnet.preprocessing)."""
+    from attrnet.preprocessing import IMAGENET_MEAN, IMAGENET_NORMALIZATION, IMAGENET_STD
+    assert tuple(IMAGENET_NORMALIZATION["mean"]) == IMAGENET_MEAN == (0.485, 0.456, 0.406)
+    assert tuple(IMAGENET_NORMALIZATION["std"]) == IMAGENET_STD == (0.229, 0.224, 0.225)
+    written = [p.relative_to(REPO / "src").as_posix() for p in (REPO / "src" / "attrnet").rglob("*.py")
+               if "0.485" in p.read_text() or "0.229" in p.read_text()]
+    assert written == ["attrnet/preprocessing.py"]
 
 
 @pytest.mark.parametrize("tta", ["none", "flip"])
@@ -106,13 +109,18 @@ def test_predict_takes_paths_pil_bytes_arrays_and_tensors(csv_run):
     inputs = [path, str(path), path.read_bytes(), pil, np.asarray(pil.convert("RGB")),
               torch.from_numpy(np.asarray(pil.convert("RGB"))).permute(2, 0, 1).contiguous(), b"not an image"]
     result = model.predict(inputs)
+    # one row per input, in input order: the unreadable one is a NaN row with decisions -1 (README, "Using a
+    # trained model")
+    assert result.probabilities.shape == (7, 2) and result.decisions.shape == (7, 2)
     assert result.indices == [0, 1, 2, 3, 4, 5] and [i for i, _ in result.failed] == [6]
+    assert result.ok.tolist() == [True] * 6 + [False]
     assert "cannot decode image" in result.failed[0][1]
-    for row in result.probabilities[1:]:
+    assert np.isnan(result.probabilities[6]).all() and result.decisions[6].tolist() == [-1, -1]
+    for row in result.probabilities[1:6]:
         np.testing.assert_allclose(row, result.probabilities[0], rtol=0, atol=1e-6)
     assert result.attributes == ["A", "B"]
-    assert np.array_equal(result.decisions, (result.probabilities >= result.thresholds).astype(int))
-    assert result.rows()[0]["A"]["decision"] == result.decisions[0, 0]
+    assert np.array_equal(result.decisions[:6], (result.probabilities[:6] >= result.thresholds).astype(int))
+    assert result.rows()[0]["A"]["decision"] == result.decisions[0, 0] and result.rows()[6] is None
 
 
 def test_grey_from_rgb_tensor_matches_pil():
@@ -193,8 +201,9 @@ def test_the_sidecar_says_which_resize_attrnet_did_and_which_the_weights_wanted(
     from attrnet.inference.sources import ModelInfo
 
     norm = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
-    info = ModelInfo(kind="attribute_net", attributes=["A"], thresholds=np.array([0.5]), image_size=(32, 32),
-                     grayscale=False, resize="squash", normalization=norm, tta="none", config={})
+    info = ModelInfo(kind="attribute_net", attributes=["A"], thresholds=np.array([0.5]), config={},
+                     preprocessing=Preprocessing(image_size=(32, 32), mean=tuple(norm["mean"]), std=tuple(norm["std"]),
+                                                 weights_interpolation=norm["interpolation"]))
     pre = info.to_json()["preprocessing"]
     assert (pre["interpolation"], pre["weights_interpolation"]) == ("bilinear", "bicubic")
     assert ModelInfo.from_json(info.to_json(), "x").normalization == norm

@@ -207,3 +207,10 @@ def test_group_metrics() -> None:
     assert g["one"]["mean_average_precision"] == pytest.approx(2.6 / 3)
     with pytest.raises(AttrnetError, match="Z"):
         group_metrics(m["attributes"], {"bad": ["A", "Z"]})
+
+
+def test_prior_thresholds_are_positive_rates_of_known_labels():
+    from attrnet.metrics import prior_thresholds
+    nan = float("nan")
+    labels = np.array([[1, 0, nan], [0, 0, nan], [1, 1, nan], [nan, 0, nan]])
+    assert prior_thresholds(labels).tolist() == [2 / 3, 1 / 4, 0.5]  # the last has no known label

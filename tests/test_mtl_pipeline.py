@@ -1,4 +1,4 @@
-"""The paper's pipeline end to end (attrnet.mtl.features, attrnet.mtl.pipeline, `attrnet train` with mtl.enabled).
+"""The paper's pipeline end to end (attrnet.paper.features, attrnet.paper.pipeline, `attrnet train` with mtl.enabled).
 
 Everything runs on the CPU on tiny data: a synthetic CelebA-layout folder, and tiny Clothing Attributes and
 AwA2 folders written here in their exact on-disk layouts.
@@ -18,9 +18,10 @@ from attrnet.config import config_from_dict
 from attrnet.data.synthetic import SYNTHETIC_ATTRIBUTES, write_synthetic_celeba
 from attrnet.engine.setup import prepare_data
 from attrnet.errors import AttrnetError
-from attrnet.mtl.cnns import BatchedCNNs, LoopCNNs, SequentialCNNs, make_attribute_models
-from attrnet.mtl.features import compute_features, measure_batched_speedup, train_attribute_cnns
-from attrnet.mtl.pipeline import balance_weights, run_mtl, standardize
+from attrnet.paper.cnns import BatchedCNNs, LoopCNNs, SequentialCNNs, make_attribute_models
+from attrnet.bench.vmap import measure_batched_speedup
+from attrnet.paper.features import train_attribute_cnns
+from attrnet.paper.pipeline import balance_weights, run_mtl, standardize
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = {"face": ["Male", "Smiling", "Wearing_Lipstick"],

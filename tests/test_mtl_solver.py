@@ -12,7 +12,7 @@ import torch
 from attrnet.config import Config
 from attrnet.mtl import (MTLProblem, MTLResult, decision_function, fista, fit_independent, fit_mtl,
                          group_soft_threshold, objective, smooth_L, smooth_S, soft_threshold, solve_L, solve_S)
-from attrnet.mtl.pipeline import solve_mtl
+from attrnet.paper.pipeline import solve_mtl
 from attrnet.mtl.prox import conjugate_gradient, group_norms
 from attrnet.mtl.solver import _init
 

@@ -1,5 +1,5 @@
-"""attrnet.precision: the auto rule on CPUs with and without native bf16 and on CUDA, forced settings, the
-older engine.setup call form, and training steps under the resolved autocast on a CPU."""
+"""attrnet.precision: the auto rule on CPUs with and without native bf16 and on CUDA, forced settings,
+Precision.from_config, and training steps under the resolved autocast on a CPU."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 import attrnet.precision as prec
-from attrnet.engine import setup
 from attrnet.errors import AttrnetError
 from attrnet.precision import Precision, cpu_has_native_bf16
 
@@ -172,23 +171,20 @@ def test_from_config_passes_the_image_size(bf16_cpu):
 
 @pytest.mark.parametrize("native, want", [("0", Precision(False, False, "cpu")),
                                           ("1", Precision(True, prec.CPU_BF16_CHANNELS_LAST, "cpu"))])
-def test_from_config_and_the_older_call_form_agree(monkeypatch, native, want):
+def test_from_config_resolves_the_train_keys(monkeypatch, native, want):
     monkeypatch.setenv(prec.ENV_CPU_BF16, native)
-    cfg = _config()
-    assert Precision.from_config(cfg, CPU) == want
-    old = setup.Precision(cfg, CPU)
-    assert old == want and isinstance(old, Precision) and old.describe() == want.describe()
-    assert setup.Precision(_config(precision="fp32", channels_last="true"), CPU) == Precision(False, True, "cpu")
+    assert Precision.from_config(_config(), CPU) == want
+    assert Precision.from_config(_config(precision="fp32", channels_last="true"), CPU) == Precision(False, True, "cpu")
 
 
-def test_the_older_call_form_reports_a_bad_config_as_a_user_error(monkeypatch):
+def test_from_config_reports_a_bad_config_as_a_user_error(monkeypatch):
     cfg = _config()
     bad = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="fp8"))
     with pytest.raises(AttrnetError, match="train.precision must be auto, bf16 or fp32, got 'fp8'"):
-        setup.Precision(bad, CPU)
+        Precision.from_config(bad, CPU)
     monkeypatch.setenv(prec.ENV_CPU_BF16, "maybe")
     with pytest.raises(AttrnetError, match="^ATTRNET_CPU_BF16 must be 0 or 1"):
-        setup.Precision(cfg, CPU)
+        Precision.from_config(cfg, CPU)
 
 
 # --- training and inference under the resolved setting on a CPU ----------------------------------------------

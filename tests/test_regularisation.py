@@ -278,7 +278,7 @@ def test_select_last_and_fixed_thresholds(tmp_path):
     train.tune_thresholds=false every threshold is 0.5."""
     import csv as csvlib
 
-    from attrnet.engine.checkpoint import load_checkpoint
+    from attrnet.inference.checkpoint import load_checkpoint
     from attrnet.engine.train import fit
 
     data = write_csv_folder(tmp_path / "d", ["image", "A", "B"], random_csv_rows(24, ["A", "B"], seed=3))
@@ -293,20 +293,40 @@ def test_select_last_and_fixed_thresholds(tmp_path):
     assert len(rows) == 3
 
 
+def test_prior_thresholds_are_the_training_positive_rates(tmp_path):
+    """train.tune_thresholds=prior: each attribute's threshold is the share of positives among its known training
+    labels, exactly (no validation split needed)."""
+    from attrnet.engine.setup import prepare_data
+    from attrnet.engine.train import fit
+    from attrnet.inference.checkpoint import load_checkpoint
+
+    rows = random_csv_rows(24, ["A", "B"], seed=5)
+    rows[3][2] = ""  # an unknown label: left out of the rate
+    data = write_csv_folder(tmp_path / "d", ["image", "A", "B"], rows)
+    cfg = tiny_config(tmp_path / "c", data__root=data, data__format="csv", train__epochs=1, train__select="last",
+                      train__tune_thresholds="prior", data__val_fraction=0.0, data__test_fraction=0.25)
+    fit(cfg, tmp_path / "run", progress=False)
+    prepared = prepare_data(cfg, progress=False)
+    train = prepared.table.labels[prepared.indices("train")].astype(np.float64)
+    expected = [float(np.nanmean(train[:, j])) for j in range(2)]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["thresholds"] == pytest.approx(expected, abs=1e-12)
+    assert 0 < expected[0] < 1 and expected[0] != 0.5
+
+
 def test_swa_run_saves_the_average_of_the_last_epochs(tmp_path, monkeypatch):
     """train.swa_epochs=2 of 3: the model file holds the mean of the weights after epochs 2 and 3 (BatchNorm
     statistics recomputed, so only the learnt tensors are compared), and says so."""
-    import attrnet.engine.train as train_mod
-    from attrnet.engine.checkpoint import load_checkpoint
+    from attrnet.engine.averaging import WeightAverage
     from attrnet.engine.train import fit
+    from attrnet.inference.checkpoint import load_checkpoint
 
     snapshots = []
-    real = train_mod.WeightAverage.add
+    real = WeightAverage.add
 
     def spy(self):
         snapshots.append({k: v.clone().double() for k, v in self._source.state_dict().items()})
         real(self)
-    monkeypatch.setattr(train_mod.WeightAverage, "add", spy)
+    monkeypatch.setattr(WeightAverage, "add", spy)
     data = write_csv_folder(tmp_path / "d", ["image", "A", "B"], random_csv_rows(24, ["A", "B"], seed=4))
     cfg = tiny_config(tmp_path / "c", data__root=data, data__format="csv", train__epochs=3, train__swa_epochs=2,
                       train__select="last", data__val_fraction=0.25, data__test_fraction=0.25)
@@ -325,6 +345,7 @@ def test_swa_run_saves_the_average_of_the_last_epochs(tmp_path, monkeypatch):
     ("train.auto_augment=autoaugment", "train.auto_augment must be one of none, trivial, randaugment"),
     ("train.cutmix=-1", "train.cutmix must be >= 0"),
     ("train.select=first", "train.select must be one of best, last"),
+    ("train.tune_thresholds=maybe", "train.tune_thresholds must be true (tuned on validation), false (0.5) or prior"),
     ("train.layer_decay=0", "train.layer_decay must be > 0"),
     ("train.layer_decay=1.5", "train.layer_decay must be <= 1"),
     ("model.drop_path=1", "model.drop_path must be < 1"),

@@ -543,7 +543,7 @@ def test_static_files_are_package_data():
 
 def test_serving_imports_no_training_code():
     code = ("import sys, attrnet.serve.app, attrnet.serve.server; "
-            "print(','.join(m for m in sys.modules if m.startswith(('attrnet.engine', 'attrnet.mtl.pipeline'))))")
+            "print(','.join(m for m in sys.modules if m.startswith(('attrnet.engine', 'attrnet.paper.pipeline'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
 

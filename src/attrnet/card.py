@@ -1,6 +1,7 @@
 """Model cards: a trained model described in the Hugging Face model-card format (README.md with YAML front matter).
 
     text = model_card(read_info("runs/celeba40"), evaluation=None)    # evaluation: evaluate_checkpoint(..., by=[...])
+                                                                      # (attrnet.engine.evaluate), or read_evaluation
     write_card(text, "runs/celeba40/MODEL_CARD.md")
 
 What it predicts, from what data and split, the test figures per attribute beside the majority baseline, the
@@ -20,7 +21,8 @@ import yaml
 
 from attrnet import __version__, atomic
 from attrnet.errors import AttrnetError
-from attrnet.inference.sources import HUB_CONFIG, ModelInfo
+from attrnet.inference.checkpoint import load_checkpoint
+from attrnet.inference.sources import HUB_CONFIG, ModelInfo, info_from_checkpoint
 
 CARD_FILE = "MODEL_CARD.md"
 GAPS_SHOWN = 5
@@ -51,9 +53,6 @@ def read_info(source: str | Path) -> ModelInfo:
         return ModelInfo.from_json(_read_json(onnx.with_suffix(".json")), str(onnx))
     if path.is_dir() and (path / HUB_CONFIG).is_file():
         return ModelInfo.from_json(_read_json(path / HUB_CONFIG), str(path))
-    from attrnet.inference.checkpoint import load_checkpoint
-    from attrnet.inference.sources import info_from_checkpoint
-
     return info_from_checkpoint(load_checkpoint(path))
 
 
@@ -64,29 +63,17 @@ def _read_json(path: Path) -> dict:
         raise AttrnetError(f"{path}: not readable JSON ({exc})") from None
 
 
-def build_card(source: str | Path, by: list[str] | None = None, data: str | None = None, split: str = "test",
-               device: str = "auto", evaluation_file: str | Path | None = None, license: str | None = None) -> str:
-    """`attrnet card`: the card of the model at `source`; subgroups from an evaluation with `by` on `data`
-    (a run folder or checkpoint), or from the JSON `attrnet evaluate --by ... --out FILE` wrote."""
-    if by and evaluation_file:
-        raise AttrnetError("--by and --evaluation both give the subgroups: use one of them")
-    evaluation = None
-    if evaluation_file:
-        evaluation = _read_json(Path(evaluation_file))
-        if not isinstance(evaluation, dict) or "attributes" not in evaluation:
-            raise AttrnetError(f"{evaluation_file}: not the JSON of `attrnet evaluate --out` (no attributes)")
-    elif by:
-        from attrnet.engine.evaluate import evaluate_checkpoint
-
-        evaluation = evaluate_checkpoint(source, data, None, split, device, progress=False, by=by)
-    return model_card(read_info(source), evaluation, license=license)
+def read_evaluation(path: str | Path) -> dict:
+    """The JSON `attrnet evaluate --by ... --out FILE` wrote (its subgroups go into a card)."""
+    evaluation = _read_json(Path(path))
+    if not isinstance(evaluation, dict) or "attributes" not in evaluation:
+        raise AttrnetError(f"{path}: not the JSON of `attrnet evaluate --out` (no attributes)")
+    return evaluation
 
 
 def write_run_card(checkpoint: Mapping, run_dir: str | Path) -> Path:
     """MODEL_CARD.md in a run folder, from its (just saved) best checkpoint and metrics.json: what the end of
     training calls."""
-    from attrnet.inference.sources import info_from_checkpoint
-
     return write_card(model_card(info_from_checkpoint(dict(checkpoint))), Path(run_dir) / CARD_FILE)
 
 

@@ -26,7 +26,7 @@ def cmd_train(args, extra: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "default")
     atomic.check_writable(out, folder=True)
     if cfg.mtl.enabled:
-        from attrnet.mtl.pipeline import run_mtl
+        from attrnet.paper.pipeline import run_mtl
         result = run_mtl(cfg, out, resume=args.resume, overwrite=args.overwrite)
     else:
         result = fit(cfg, out, resume=args.resume, overwrite=args.overwrite)
@@ -104,7 +104,7 @@ def cmd_data(args) -> None:
         write_synthetic_celeba(out, args.n, args.seed, size=(args.size, args.size))
         print(f"wrote {args.n} synthetic faces to {args.out} in {time.perf_counter() - t0:.1f}s")
     else:
-        from attrnet.data.inspect import inspect_folder, format_inspection
+        from attrnet.data.inspect import format_inspection, inspect_folder
 
         print(format_inspection(inspect_folder(args.root, args.format, args.labels)))
 
@@ -166,12 +166,19 @@ def cmd_serve(args) -> None:
 
 
 def cmd_card(args) -> None:
-    from attrnet.card import build_card, write_card
+    from attrnet.card import model_card, read_evaluation, read_info, write_card
 
+    if args.by and args.evaluation:
+        raise AttrnetError("--by and --evaluation both give the subgroups: use one of them")
     if args.out:
         atomic.check_writable(args.out)
-    text = build_card(args.model, by=args.by, data=args.data, split=args.split, device=args.device,
-                      evaluation_file=args.evaluation, license=args.license)
+    evaluation = read_evaluation(args.evaluation) if args.evaluation else None
+    if args.by:  # evaluate, then render
+        from attrnet.engine.evaluate import evaluate_checkpoint
+
+        evaluation = evaluate_checkpoint(args.model, args.data, None, args.split, args.device, progress=False,
+                                         by=args.by)
+    text = model_card(read_info(args.model), evaluation, license=args.license)
     if args.out:
         print(f"wrote {write_card(text, args.out)}")
     else:
@@ -191,8 +198,23 @@ def cmd_compare(args) -> None:
           f"wrote {', '.join(str(p) for p in result['paths'].values())}")
 
 
+def cmd_paper_table(args) -> None:
+    from attrnet.compare import parse_seeds
+    from attrnet.config import load_config
+    from attrnet.paper.reproduce import check_paper_config, parse_rows, run_paper_table
+
+    splits, rows = parse_seeds(args.splits, "--splits"), parse_rows(args.rows)
+    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+    cfg = load_config(args.config, overrides)
+    check_paper_config(cfg, args.config)
+    atomic.check_writable(args.out, folder=True)
+    result = run_paper_table(cfg, args.out, splits, rows)
+    print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
+    print(f"wrote {Path(args.out) / 'table.json'} and table.md ({sum(result['seconds'].values()):.0f} s)")
+
+
 COMMANDS = {"checkpoint": cmd_checkpoint, "export": cmd_export, "train": cmd_train, "distill": cmd_distill, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
-            "demo": cmd_demo, "bench": cmd_bench, "compare": cmd_compare, "serve": cmd_serve, "card": cmd_card}
+            "demo": cmd_demo, "bench": cmd_bench, "compare": cmd_compare, "paper-table": cmd_paper_table, "serve": cmd_serve, "card": cmd_card}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import argparse
 import os
 
 from attrnet import __version__
-from attrnet.config import TTA_MODES
+from attrnet.config_rules import TTA_MODES
 
 
 def _count(minimum: int):
@@ -187,6 +187,21 @@ def _amount(minimum: float, inclusive: bool = True):
     return parse
 
 
+def _add_paper_table(sub) -> None:
+    p = sub.add_parser("paper-table", help="reproduce the paper's Clothing table (Abdulnabi et al. 2015, Table III)",
+                       description="Every row of the paper's Table III (majority, S-extract, M-extract, S-CNN, "
+                                   "M-CNN, MG-CNN, and the solver on fine-tuned features) on seeded splits of the "
+                                   "Clothing Attributes Dataset: mean accuracy and balanced accuracy per group, mean "
+                                   "and spread over splits, beside the paper's figures. Finished runs are reused.")
+    p.add_argument("--config", required=True, help="the MG-CNN recipe, e.g. configs/clothing-paper.yaml")
+    p.add_argument("--out", required=True, help="folder of the runs, table.json and table.md")
+    p.add_argument("--splits", default="0,1,2,3,4", help="comma-separated split seeds (default 0,1,2,3,4)")
+    p.add_argument("--rows", help="comma-separated rows (default all): majority, S-extract, M-extract, S-CNN, M-CNN, "
+                                  "MG-CNN, 'M-CNN (solver)', 'MG-CNN (solver)'")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (same as train.device=...)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve a model: REST API, web page, Prometheus metrics",
                        description="POST /v1/predict (multipart, images in fields named file), GET /v1/model, "
@@ -231,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"attrnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_demo, _add_train, _add_distill, _add_evaluate, _add_predict, _add_data, _add_bench, _add_export,
-                _add_checkpoint, _add_compare, _add_serve, _add_card):
+                _add_checkpoint, _add_compare, _add_paper_table, _add_serve, _add_card):
         add(sub)
     return parser
 

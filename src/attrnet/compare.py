@@ -27,8 +27,13 @@ import numpy as np
 from tqdm import tqdm
 
 from attrnet import atomic
-from attrnet.config import WEIGHTINGS, Config
+from attrnet.config import Config
+from attrnet.config_rules import WEIGHTINGS
+from attrnet.engine.run_folder import check_run_folder
+from attrnet.engine.setup import prepare_data
+from attrnet.engine.train import fit
 from attrnet.errors import AttrnetError
+from attrnet.report import _pyplot, _save
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +54,13 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
-def parse_seeds(text: str) -> list[int]:
+def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise AttrnetError(f"--seeds must be whole numbers separated by commas, such as 0,1,2; got {text!r}") from None
+        raise AttrnetError(f"{option} must be whole numbers separated by commas, such as 0,1,2; got {text!r}") from None
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise AttrnetError(f"--seeds must be distinct non-negative whole numbers, got {text!r}")
+        raise AttrnetError(f"{option} must be distinct non-negative whole numbers, got {text!r}")
     return seeds
 
 
@@ -73,10 +78,6 @@ def run_folder(out: Path, method: str, seed: int) -> Path:
 def run_comparison(cfg: Config, methods: list[str], seeds: list[int], out: str | Path,
                    progress: bool = True) -> dict:
     """Train what is missing, then write the table and the plot; returns {"rows": [...], "paths": {...}}."""
-    from attrnet.engine.run_folder import check_run_folder
-    from attrnet.engine.setup import prepare_data
-    from attrnet.engine.train import fit
-
     if cfg.mtl.enabled:
         raise AttrnetError("compare trains the core model; set mtl.enabled=false")
     out = Path(out)
@@ -218,8 +219,6 @@ def _pm(mean: float, std: float, digits: int, signed: bool = False) -> str:
 
 
 def plot_comparison(rows: list[dict], path: Path) -> Path:
-    from attrnet.report import _pyplot, _save
-
     plt = _pyplot()
     names = [r["method"] for r in rows]
     x = np.arange(len(rows))

@@ -13,11 +13,8 @@ from typing import Any
 
 import yaml
 
+from attrnet.config_rules import ATTRIBUTE_PRESETS, RULES
 from attrnet.errors import AttrnetError
-
-from attrnet.config_rules import (ATTRIBUTE_PRESETS, FORMATS, GRID_KEYS, GROUP_PRESETS,  # noqa: F401 - re-exported
-                                 PRECISIONS, RESIZE_METHODS, RULES, SCHEDULES, SEED8, THRESHOLD_METRICS,
-                                 TTA_MODES, WEIGHTING_ARGS, WEIGHTINGS)
 
 
 @dataclass
@@ -94,7 +91,10 @@ class TrainConfig:
                                       # the end of the last swa_epochs epochs, BatchNorm statistics recomputed
     select: str = "best"              # the model file: best (the epoch with the best validation mean accuracy)
                                       # | last (the last epoch: no choice made on the validation split)
-    tune_thresholds: bool = True      # per-attribute thresholds tuned on validation (false: 0.5 for all)
+    tune_thresholds: Any = True       # per-attribute thresholds: true = tuned on validation for threshold_metric;
+                                      # false = 0.5 for all; prior = each attribute's positive rate among the
+                                      # training labels (what maximises balanced accuracy when the probabilities
+                                      # are calibrated; needs no validation split)
     layer_decay: float = 1.0          # layer-wise lr decay: the backbone's k-th block from the top learns at
                                       # lr x backbone_lr_scale x layer_decay^k (1 = one lr for the backbone)
     teachers: list = field(default_factory=list)  # distillation (attrnet distill): run folders whose mean

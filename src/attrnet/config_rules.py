@@ -20,7 +20,7 @@ SCHEDULES = ("cosine", "onecycle", "constant")             # attrnet.engine.trai
 PRECISIONS = ("auto", "bf16", "fp32")                      # attrnet.engine.setup.Precision
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "f1")  # attrnet.metrics.TUNABLE
 GROUP_PRESETS = ("celeba", "clothing", "awa2")             # attrnet.data.groups.PRESET_GROUPS
-GRID_KEYS = ("mu", "gamma", "lam", "latent_tasks", "baseline_lam")  # attrnet.mtl.pipeline
+GRID_KEYS = ("mu", "gamma", "lam", "latent_tasks", "baseline_lam")  # attrnet.paper.pipeline
 AUTO_AUGMENTS = ("none", "trivial", "randaugment")        # attrnet.data.augment.AUTO_AUGMENTS
 SELECTIONS = ("best", "last")                              # attrnet.engine.train (the model file's epoch)
 WEIGHTINGS = ("ew", "uw", "dwa", "rlw", "famo", "mgda", "pcgrad", "cagrad", "imtl_g")  # attrnet.weighting.METHODS
@@ -184,6 +184,15 @@ def _paths(value: Any) -> list:
     return list(value)
 
 
+def _threshold_rule(value: Any) -> bool | str:
+    if isinstance(value, bool) or value == "prior":
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"must be true (tuned on validation), false (0.5) or prior (the training positive rate), "
+                     f"got {value!r}")
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"must be a non-empty string, got {value!r}")
@@ -259,7 +268,7 @@ RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
         "backbone_lr_scale": _number(float, 0, low_open=True), "freeze_backbone_epochs": COUNT,
         "crop_scale": _number(float, 0, 1, low_open=True), "crop_ratio": _number(float, 1, 4),
         "color_jitter": FRACTION, "auto_augment": _choice(*AUTO_AUGMENTS), "cutmix": NON_NEGATIVE,
-        "swa_epochs": COUNT, "select": _choice(*SELECTIONS), "tune_thresholds": _flag,
+        "swa_epochs": COUNT, "select": _choice(*SELECTIONS), "tune_thresholds": _threshold_rule,
         "layer_decay": _number(float, 0, 1, low_open=True), "teachers": _paths, "distill_weight": _number(float, 0, 1),
     },
     "mtl": {

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from attrnet.config import config_from_dict
+from attrnet.data.synthetic import write_synthetic_celeba
+from attrnet.engine.train import fit
 
 # The same recipe as configs/synthetic.yaml (a test keeps the two equal), with a smaller data set.
 DEMO_IMAGES = 3000
@@ -18,9 +20,6 @@ DEMO_CONFIG = {
 def run_demo(out: Path, device: str = "auto", n_images: int = DEMO_IMAGES, progress: bool = True) -> tuple[dict, Path]:
     """Synthesise out/synthetic-data if absent, train into out/demo (replacing an earlier demo run), return
     (test metrics, run folder)."""
-    from attrnet.data.synthetic import write_synthetic_celeba
-    from attrnet.engine.train import fit
-
     data_dir = out / "synthetic-data"
     if not (data_dir / "list_attr_celeba.txt").is_file():
         write_synthetic_celeba(data_dir, n_images, seed=0, size=(64, 64))

@@ -20,8 +20,7 @@ import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score,
-                             f1_score)
+from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, f1_score
 
 from attrnet.errors import AttrnetError
 
@@ -30,7 +29,7 @@ METRIC_KEYS = ("accuracy", "balanced_accuracy", "f1", "average_precision")
 TUNABLE = ("accuracy", "balanced_accuracy", "f1")
 
 
-def _nanmean(values: Sequence[float]) -> float:
+def nanmean(values: Sequence[float]) -> float:
     """Mean of the defined (non-NaN) values; NaN when there are none, without a warning."""
     arr = np.asarray(values, dtype=float)
     arr = arr[~np.isnan(arr)]
@@ -106,7 +105,7 @@ def attribute_metrics(probs: np.ndarray, labels: np.ndarray, names: Sequence[str
     for j, name in enumerate(names):
         known = ~np.isnan(labels[:, j])
         per[str(name)] = _column_metrics(probs[known, j], labels[known, j], t[j])
-    out: dict = {f"mean_{k}": _nanmean([a[k] for a in per.values()])
+    out: dict = {f"mean_{k}": nanmean([a[k] for a in per.values()])
                  for k in METRIC_KEYS + ("majority_accuracy",)}
     out["n_images"] = int(n)
     out["attributes"] = per
@@ -134,7 +133,7 @@ def majority_accuracy(labels: np.ndarray, names: Sequence[str] | None = None) ->
         value = 1 if 2 * int(y.sum()) >= y.size else 0
         per[name] = {"accuracy": float(accuracy_score(y, np.full(y.size, value))),
                      "majority_value": value, "n_known": int(y.size)}
-    return {"mean_accuracy": _nanmean([a["accuracy"] for a in per.values()]), "attributes": per}
+    return {"mean_accuracy": nanmean([a["accuracy"] for a in per.values()]), "attributes": per}
 
 
 def _candidates(p: np.ndarray, grid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -214,6 +213,17 @@ def tune_thresholds(probs: np.ndarray, labels: np.ndarray, metric: str = "accura
     return out
 
 
+def prior_thresholds(labels: np.ndarray) -> np.ndarray:
+    """Per attribute, the share of positives among its known labels (0.5 where it has none). With calibrated
+    probabilities p(y=1|x), deciding p >= that prior maximises balanced accuracy (the Bayes rule when both
+    classes weigh the same), without a validation split to tune on."""
+    _, labels = _check(None, labels)
+    known = ~np.isnan(labels)
+    counts = known.sum(0)
+    pos = np.where(known, labels, 0.0).sum(0)
+    return np.where(counts > 0, pos / np.maximum(counts, 1), 0.5)
+
+
 def group_metrics(per_attribute: Mapping[str, Mapping], groups: Mapping[str, Sequence[str]]) -> dict:
     """Mean figures per attribute group.
 
@@ -227,7 +237,7 @@ def group_metrics(per_attribute: Mapping[str, Mapping], groups: Mapping[str, Seq
                            f"known attributes: {', '.join(per_attribute)}")
     out: dict[str, dict] = {}
     for group, names in groups.items():
-        entry: dict = {f"mean_{k}": _nanmean([per_attribute[n].get(k, NAN) for n in names])
+        entry: dict = {f"mean_{k}": nanmean([per_attribute[n].get(k, NAN) for n in names])
                        for k in METRIC_KEYS}
         entry["attributes"] = list(names)
         out[str(group)] = entry

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from attrnet.errors import AttrnetError
+
 PRECISIONS = ("auto", "bf16", "fp32")
 ENV_CPU_BF16 = "ATTRNET_CPU_BF16"       # 0/1: overrides the detection (tests; a CPU that misreports itself)
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -104,7 +106,7 @@ class Precision:
     def _key(self) -> tuple:
         return self.bf16, self.channels_last, self.device_type
 
-    def __eq__(self, other: object) -> bool:  # subclasses (engine.setup's old call form) compare equal too
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Precision) and self._key() == other._key()
 
     def __hash__(self) -> int:
@@ -144,12 +146,17 @@ class Precision:
             cl = device_type == "cuda" or (device_type == "cpu" and bf16 and CPU_BF16_CHANNELS_LAST)
         else:
             reason += ", channels_last " + ("asked for" if cl else "turned off")
-        return Precision(bf16, cl, device_type, reason)  # not cls: engine.setup's subclass takes (cfg, device)
+        return cls(bf16, cl, device_type, reason)
 
     @classmethod
     def from_config(cls, cfg, device: torch.device) -> "Precision":
-        """Precision.resolve(cfg.train.precision, cfg.train.channels_last, device, image_hw=cfg.image_hw())."""
-        return Precision.resolve(cfg.train.precision, cfg.train.channels_last, device, image_hw=cfg.image_hw())
+        """Precision.resolve(cfg.train.precision, cfg.train.channels_last, device, image_hw=cfg.image_hw()), with a
+        bad value reported as the user's mistake (an AttrnetError naming the key)."""
+        try:
+            return cls.resolve(cfg.train.precision, cfg.train.channels_last, device, image_hw=cfg.image_hw())
+        except ValueError as exc:  # a bad train.precision / train.channels_last, or ATTRNET_CPU_BF16
+            msg = str(exc)
+            raise AttrnetError(f"train.{msg}" if msg.startswith(("precision", "channels_last")) else msg) from None
 
     @property
     def name(self) -> str:

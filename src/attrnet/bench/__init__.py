@@ -33,6 +33,7 @@ import torch
 
 from attrnet.bench.cases import Bench
 from attrnet.bench.folder import ensure_synthetic_celeba
+from attrnet.device import resolve_device
 from attrnet.errors import AttrnetError
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,6 @@ def _summary(rows: dict[str, dict], device: torch.device) -> dict | None:
 
 def run_bench(args) -> Iterator[dict]:
     """Yield one dict per case named in args.cases (see the module docstring), then a summary."""
-    from attrnet.engine.setup import resolve_device
-
     cases = list(CASES) if args.cases == "all" else [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:

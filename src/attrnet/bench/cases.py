@@ -23,9 +23,22 @@ import torch.nn as nn
 from attrnet.bench.folder import PilFolder, pil_transform
 from attrnet.bench.measure import MB, PeakMemory, clock, sync
 from attrnet.bench.precision_modes import mode_name, precision_modes
+from attrnet.bench.runtimes import predict_runtimes
 from attrnet.config import Config, DataConfig, config_from_dict
+from attrnet.data.cache import decode_all
+from attrnet.data.formats import assign_partition, read_table, split_indices
+from attrnet.engine import distributed as ddp
+from attrnet.engine.optim import build_optimizer
+from attrnet.engine.setup import first_epoch_order, loader_images, make_loader, prepare_data
+from attrnet.engine.train import make_training, train_one_epoch
 from attrnet.errors import AttrnetError
+from attrnet.inference.model import AttributeModel
+from attrnet.inference.sources import ModelInfo
+from attrnet.losses import masked_bce
+from attrnet.models.build import build_model
 from attrnet.precision import Precision
+from attrnet.predict import iter_files
+from attrnet.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +57,6 @@ def _free_port() -> int:
 
 class Bench:
     def __init__(self, args, device: torch.device, root: Path, workdir: Path):
-        from attrnet.data.formats import assign_partition, read_table, split_indices
-
         gpu = device.type == "cuda"
         self.device, self.root, self.workdir = device, root, workdir
         self.image_size = args.image_size or (128 if gpu else 64)
@@ -79,14 +90,10 @@ class Bench:
         return config_from_dict(raw, "bench")
 
     def model(self) -> nn.Module:
-        from attrnet.models.build import build_model
-
         torch.manual_seed(0)
         return build_model(self.config().model, len(self.names), 3).to(self.device)
 
     def prepared(self):
-        from attrnet.engine.setup import prepare_data
-
         if self.data is None:
             self.data = prepare_data(self.config(), progress=False, device=self.device)
         return self.data
@@ -154,9 +161,6 @@ class Bench:
                 "seconds": round(seconds, 3), "train_images_per_s": round(self.seed_steps / seconds, 2)}
 
     def dataloader_eager(self) -> dict:
-        from attrnet.engine.train import build_optimizer
-        from attrnet.losses import masked_bce
-
         table, dev, cuda = self.table, self.device, self.device.type == "cuda"
         idx = self.train_idx
         workers = os.cpu_count() or 1
@@ -194,10 +198,6 @@ class Bench:
 
     def _trainer(self, cfg: Config, dist=None) -> dict:
         """attrnet's training set-up, made as fit() makes it (setup.make_loader, train.make_training)."""
-        from attrnet.engine import distributed as ddp
-        from attrnet.engine.setup import loader_images, make_loader
-        from attrnet.engine.train import make_training
-
         data, dev = self.prepared(), self.device
         images = loader_images(data, dev, cfg.data.cache_on_device)
         loader = make_loader(images, data, data.indices("train"), cfg.train.batch_size, dev, True, cfg.train.seed)
@@ -206,9 +206,6 @@ class Bench:
                 "sched": t.scheduler, "precision": t.precision, "on_device": isinstance(images, torch.Tensor)}
 
     def _epochs(self, cfg: Config, t: dict, epochs: range, dist=None) -> float:
-        from attrnet.engine import distributed as ddp
-        from attrnet.engine.train import train_one_epoch
-
         t0 = clock(self.device)
         for epoch in epochs:
             train_one_epoch(t["train_model"], t["loader"], t["opt"], t["sched"], cfg, t["precision"], epoch,
@@ -222,8 +219,6 @@ class Bench:
     def attrnet_cold(self) -> dict:
         """As fit() starts on a new data set: the first epoch trains while the cache is decoded, each batch as
         soon as its rows are (decoded in that epoch's order); then the rest is decoded and the cache published."""
-        from attrnet.engine.setup import first_epoch_order, prepare_data
-
         cfg = self.config()
         shutil.rmtree(self.cache_dir, ignore_errors=True)
         self.data = None
@@ -288,19 +283,13 @@ class Bench:
 
     def predict_folder(self) -> dict:
         """attrnet predict's path: inference.AttributeModel (its precision rule) fed by predict.iter_files."""
-        from attrnet.inference.forward import IMAGENET_NORMALIZATION
-        from attrnet.inference.model import AttributeModel
-        from attrnet.inference.sources import ModelInfo
-        from attrnet.predict import iter_files
-
         table, dev = self.table, self.device
         net = self.model()
         if self.trained_state is not None:
             net.load_state_dict(self.trained_state)
         cfg = self.config()
         info = ModelInfo(kind="attribute_net", attributes=list(self.names), thresholds=np.full(len(self.names), 0.5),
-                         image_size=cfg.image_hw(), grayscale=False, resize="squash",
-                         normalization=dict(IMAGENET_NORMALIZATION), tta="none", config=cfg.to_dict())
+                         preprocessing=Preprocessing(image_size=cfg.image_hw()), config=cfg.to_dict())
         model = AttributeModel(net, info, dev, Precision.from_config(cfg, dev))
         paths = [table.image_dir / table.files[i] for i in self.train_idx]
         for _ in iter_files(model, paths[: self.batch_size], self.batch_size):
@@ -318,7 +307,6 @@ class Bench:
         return precision_modes(self)
 
     def predict_runtimes(self) -> dict:
-        from attrnet.bench.runtimes import predict_runtimes
         return predict_runtimes(self)
 
     def cache_memory(self) -> dict:
@@ -354,9 +342,6 @@ class Bench:
 
 def _cache_memory_child(spec_json: str) -> None:
     """In a fresh interpreter: decode every image into an empty cache; print one JSON line of memory figures."""
-    from attrnet.data.cache import decode_all
-    from attrnet.data.formats import read_table
-
     spec = json.loads(spec_json)
     table = read_table(DataConfig(root=spec["root"], format="celeba")).select(spec["names"])
     size = (spec["size"], spec["size"])

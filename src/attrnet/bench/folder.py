@@ -11,8 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torchvision import transforms
 
-from attrnet.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from attrnet.atomic import write_text
+from attrnet.data.synthetic import ATTR_FILE, IMAGE_DIR, PARTITION_FILE, write_synthetic_celeba
+from attrnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +36,6 @@ def ensure_synthetic_celeba(folder: Path, n: int, n_attributes: int) -> Path:
     file system has no hard links). Labels are random (each attribute with its own positive rate): enough
     for throughput. Reused when it already holds the same n and attributes.
     """
-    from attrnet.atomic import write_text
-    from attrnet.data.synthetic import ATTR_FILE, IMAGE_DIR, PARTITION_FILE, write_synthetic_celeba
-
     spec = {"version": 1, "n": n, "attributes": n_attributes, "distinct": min(n, DISTINCT_IMAGES),
             "size": list(CELEBA_SIZE)}
     marker = folder / "bench.json"
@@ -81,15 +82,11 @@ class PilFolder(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         with Image.open(self.paths[i]) as img:
             return self.transform(img.convert("RGB")), self.labels[i]
 
 
 def pil_transform(size: int, flip: bool):
-    from torchvision import transforms
-
     steps = [transforms.Resize((size, size))]
     if flip:
         steps.append(transforms.RandomHorizontalFlip())

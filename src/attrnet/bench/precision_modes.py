@@ -11,6 +11,9 @@ import time
 import torch
 
 from attrnet.bench.measure import clock
+from attrnet.engine.evaluate import predict_logits
+from attrnet.engine.setup import make_loader
+from attrnet.engine.train import train_one_epoch
 from attrnet.precision import Precision, cpu_has_native_bf16
 
 MODES = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
@@ -39,8 +42,6 @@ def _timed(device, fn) -> tuple[float, float, object]:
 def _train(bench, cfg, t: dict) -> tuple[float, float, float]:
     """One untimed step (oneDNN / cuDNN set-up for this memory format and dtype), then one timed epoch:
     (images per wall second, images per CPU second, the epoch's mean loss)."""
-    from attrnet.engine.train import train_one_epoch
-
     one_step = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps_per_epoch=1))
     train_one_epoch(t["train_model"], t["loader"], t["opt"], t["sched"], one_step, t["precision"], 0,
                     progress=False)
@@ -53,9 +54,6 @@ def _train(bench, cfg, t: dict) -> tuple[float, float, float]:
 def _predict(bench, t: dict, batch_size: int) -> tuple[float, float, int]:
     """engine.evaluate.predict_logits (validation, evaluate) over the training rows: one untimed batch, then
     all of them: (images per wall second, images per CPU second, images)."""
-    from attrnet.engine.evaluate import predict_logits
-    from attrnet.engine.setup import make_loader
-
     data, dev = bench.prepared(), bench.device
     images = t["loader"].images  # the training loader's: in GPU memory once, where it fits
     idx = data.indices("train")

@@ -9,15 +9,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from attrnet.inference.export import export_onnx
+from attrnet.inference.model import AttributeModel
+from attrnet.inference.onnx_model import OnnxAttributeModel
+from attrnet.inference.sources import ModelInfo
 from attrnet.precision import Precision, cpu_has_native_bf16
+from attrnet.predict import iter_files
+from attrnet.preprocessing import Preprocessing
 
 
 def _timed_pass(model, paths, batch_size: int) -> tuple[float, float, int]:
     """(wall seconds, this process's CPU seconds, images) of one pass of predict.iter_files, after an untimed
     batch (kernel and session set-up)."""
-    from attrnet.predict import iter_files
-
     for _ in iter_files(model, paths[:batch_size], batch_size):
         pass
     w0, c0, n = time.perf_counter(), time.process_time(), 0
@@ -37,19 +42,11 @@ class _DecodeOnly:
 
 
 def predict_runtimes(bench) -> dict:
-    import torch
-
-    from attrnet.inference.export import export_onnx
-    from attrnet.inference.forward import IMAGENET_NORMALIZATION
-    from attrnet.inference.model import AttributeModel
-    from attrnet.inference.onnx_model import OnnxAttributeModel
-    from attrnet.inference.sources import ModelInfo
 
     cpu = torch.device("cpu")
     cfg = bench.config()
     info = ModelInfo(kind="attribute_net", attributes=list(bench.names), thresholds=np.full(len(bench.names), 0.5),
-                     image_size=cfg.image_hw(), grayscale=False, resize="squash",
-                     normalization=dict(IMAGENET_NORMALIZATION), tta="none", config=cfg.to_dict())
+                     preprocessing=Preprocessing(image_size=cfg.image_hw()), config=cfg.to_dict())
     net = bench.model().to(cpu)
     if bench.trained_state is not None:
         net.load_state_dict(bench.trained_state)

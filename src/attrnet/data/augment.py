@@ -8,8 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from attrnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 
 def augment(x: torch.Tensor, flip: bool, shift: float, generator: torch.Generator | None = None) -> torch.Tensor:

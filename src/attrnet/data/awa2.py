@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from attrnet.data.formats import read_label_text
 from attrnet.data.groups import AWA2_GROUPS, restrict_groups
+from attrnet.data.label_text import read_label_text
 from attrnet.data.table import TEST, TRAIN, VAL, AttributeTable
 from attrnet.errors import AttrnetError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attrnet.data.formats import counted, read_label_text
+from attrnet.data.label_text import counted, read_label_text
 from attrnet.data.table import AttributeTable
 from attrnet.errors import AttrnetError
 

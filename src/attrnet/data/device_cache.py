@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from attrnet.data.cache import DecodedImages, _open, decode_order, new_build_folder, publish
+from attrnet.data.cache_files import DecodedImages, RowBuild, decode_order, new_build_folder, open_cache, publish
 from attrnet.data.device_decode import decode_batch, read_encoded
 
 READ_AHEAD = 8           # batches whose files are being read while one is decoded
 CHUNK_ROWS = 4096        # rows per device-to-host copy when the cache is written to disk
 
 
-class DeviceCacheBuild:
+class DeviceCacheBuild(RowBuild):
     """images: uint8 [N, 3, H, W] on `device`, filled as rows are decoded; ok / done: bool [N] (host)."""
 
     def __init__(self, root: Path, key: str, paths: list[Path], size: tuple[int, int], resize: str,
@@ -45,10 +45,6 @@ class DeviceCacheBuild:
         self._reads: dict[int, list] = {}
         self._bar = tqdm(total=n, desc=f"decoding {n} images on {self.device}", unit="img", disable=not progress,
                          leave=False)
-
-    @property
-    def n_bad(self) -> int:
-        return int((self.done & ~self.ok).sum())
 
     def _read_ahead(self) -> None:
         for b in range(self._next, min(self._next + READ_AHEAD, len(self._batches))):
@@ -72,20 +68,11 @@ class DeviceCacheBuild:
         self._bar.update(len(idx))
         return True
 
-    def wait(self, idx: np.ndarray) -> np.ndarray:
-        """Decode batches (in order) until rows idx are done; returns their ok flags."""
-        while not self.done[idx].all():
-            if not self._advance():
-                raise RuntimeError("cache build ended before every row was decoded")
-        return self.ok[idx]
-
     def finish(self) -> DecodedImages:
         """Decode what is left, write the disk cache, and return it with the device copy attached."""
-        while self._advance():
-            pass
-        self._bar.close()
+        self._decode_rest()
         self._pool.shutdown(wait=False)
-        existing = _open(self.folder) if (self.folder / "meta.json").is_file() else None
+        existing = open_cache(self.folder) if (self.folder / "meta.json").is_file() else None
         if existing is None:  # another process may have published the same cache meanwhile
             tmp = new_build_folder(self.root, self.key)
             try:
@@ -99,7 +86,7 @@ class DeviceCacheBuild:
                                                     "resize": self.resize, "decoder": f"{self.device.type}-decode"})
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; left over if that failed
-            existing = _open(self.folder)
+            existing = open_cache(self.folder)
         existing.device_images = self.images
         return existing
 

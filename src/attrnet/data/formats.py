@@ -9,75 +9,31 @@ from typing import Callable
 
 import numpy as np
 
+from attrnet.data.awa2 import read_awa2
+from attrnet.data.celeba import read_celeba
+from attrnet.data.clothing import read_clothing
+from attrnet.data.csv_folder import read_csv_folder
 from attrnet.data.table import SPLIT_IDS, AttributeTable
 from attrnet.errors import AttrnetError
 
 log = logging.getLogger(__name__)
 
 
-def _readers() -> dict[str, Callable[..., AttributeTable]]:
-    from attrnet.data.celeba import read_celeba
-    from attrnet.data.csv_folder import read_csv_folder
-
-    readers: dict[str, Callable[..., AttributeTable]] = {
-        "celeba": lambda d: read_celeba(d.root),
-        "csv": lambda d: read_csv_folder(d.root, d.labels),
-    }
-    try:  # the paper's data sets (clothing, awa2) live in their own modules
-        from attrnet.data.clothing import read_clothing
-        readers["clothing"] = lambda d: read_clothing(Path(d.root))
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from attrnet.data.awa2 import read_awa2
-        readers["awa2"] = lambda d: read_awa2(Path(d.root), split=d.awa2_split, seed=d.split_seed,
-                                              val_fraction=d.val_fraction, test_fraction=d.test_fraction)
-    except ImportError:  # pragma: no cover
-        pass
-    return readers
+READERS: dict[str, Callable[..., AttributeTable]] = {
+    "celeba": lambda d: read_celeba(d.root),
+    "csv": lambda d: read_csv_folder(d.root, d.labels),
+    "clothing": lambda d: read_clothing(Path(d.root)),
+    "awa2": lambda d: read_awa2(Path(d.root), split=d.awa2_split, seed=d.split_seed, val_fraction=d.val_fraction,
+                                test_fraction=d.test_fraction),
+}
 
 
-FORMATS = ("celeba", "csv", "clothing", "awa2")
-
-
-def read_label_text(path: Path) -> str:
-    """A label file's text with every line ending made \\n (\\r\\n and a lone \\r end a line too, as in an
-    editor, so line numbers in messages match). The file must be UTF-8 (a BOM is dropped): anything else,
-    or a NUL character (a binary or UTF-16 file), is an error naming the line."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AttrnetError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise AttrnetError(f"{path}: the file is UTF-16 text; save it as UTF-8")
-    data = data.removeprefix(b"\xef\xbb\xbf")  # the BOM some editors write
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = _one_newline(data[:exc.start].decode("utf-8")).count("\n") + 1
-        raise AttrnetError(f"{path}:{line}: byte 0x{data[exc.start]:02x} is not UTF-8 text; "
-                           f"save the file as UTF-8") from None
-    text = _one_newline(text)
-    nul = text.find("\0")
-    if nul >= 0:
-        line = text.count("\n", 0, nul) + 1
-        raise AttrnetError(f"{path}:{line}: a NUL character: this is not a text file (or not UTF-8); "
-                           f"save it as UTF-8 text")
-    return text
-
-
-def _one_newline(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def counted(n: int, noun: str) -> str:
-    """'1 value', '3 values'."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+FORMATS = tuple(READERS)
 
 
 def read_table(data, check_files: bool = True) -> AttributeTable:
     """Read the folder data.root in format data.format; every labelled image must exist."""
-    readers = _readers()
+    readers = READERS
     if data.format not in readers:
         raise AttrnetError(f"unknown data.format {data.format!r}; valid formats: {', '.join(readers)}")
     table = readers[data.format](data)

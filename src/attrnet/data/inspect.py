@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 from PIL import Image
 
-from attrnet.config import DataConfig
 from attrnet.data.formats import read_table
 from attrnet.errors import AttrnetError
 
@@ -30,7 +30,10 @@ def inspect_folder(root: str | Path, fmt: str | None = None, labels: str = "labe
     if not root.is_dir():
         raise AttrnetError(f"data folder not found: {root}")
     fmt = fmt or guess_format(root)
-    table = read_table(DataConfig(root=str(root), format=fmt, labels=labels), check_files=False)
+    # read_table's fields of a data config (the split fields matter to awa2's reader only, which inspecting ignores)
+    wanted = SimpleNamespace(root=str(root), format=fmt, labels=labels, awa2_split="random", split_seed=0,
+                             val_fraction=0.0, test_fraction=0.0)
+    table = read_table(wanted, check_files=False)
     sizes: Counter = Counter()
     modes: Counter = Counter()
     missing, unreadable = [], []

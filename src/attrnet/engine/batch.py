@@ -12,8 +12,16 @@ import numpy as np
 import torch
 
 from attrnet.config import Config
-from attrnet.data.augment import (augment, auto_augment, color_jitter, cutmix, cutmix_box, mixup, normalize,
-                                  random_affine)
+from attrnet.data.augment import (
+    augment,
+    auto_augment,
+    color_jitter,
+    cutmix,
+    cutmix_box,
+    mixup,
+    normalize,
+    random_affine,
+)
 from attrnet.models.backbones import weights_normalization
 
 

@@ -13,10 +13,7 @@ from typing import Any
 import torch
 
 from attrnet import model_file
-from attrnet.inference.checkpoint import (CHECKPOINT_VERSION, KIND_ATTRIBUTE_NET, KIND_LATENT_TASK,  # noqa: F401
-                                          LOADED_ONLY, inference_state, load_checkpoint, load_weights,
-                                          network_from_checkpoint, resolve_checkpoint)
-
+from attrnet.inference.checkpoint import CHECKPOINT_VERSION, KIND_ATTRIBUTE_NET
 
 # Kept in checkpoints/last.pt only: the optimizer's moments are twice the model's size and no one predicts with them.
 RESUME_ONLY = ("optimizer", "scheduler", "weighting", "swa_weights", "swa_count")

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from attrnet.data.table import AttributeTable
+from attrnet.engine.evaluate import evaluation_report
 from attrnet.errors import AttrnetError
+from attrnet.inference import load_model
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,6 @@ def teacher_probabilities(teachers: list[str], table: AttributeTable, device: st
                           batch_size: int = 256) -> list[np.ndarray]:
     """Each teacher's probabilities [N, M] for every row of `table`, columns in the table's attribute order
     (NaN for an image a teacher could not read). A teacher that lacks one of the attributes is an error."""
-    from attrnet.inference import load_model
-
     out = []
     paths = [str(p) for p in table.paths]
     for source in teachers:
@@ -66,8 +66,6 @@ def soft_targets(labels: np.ndarray, teacher_mean: np.ndarray, weight: float) ->
 
 def teacher_report(probs: list[np.ndarray], labels: np.ndarray, names: list[str], teachers: list[str]) -> dict:
     """Test figures of each teacher and of their mean (the ensemble), all at 0.5: what distillation starts from."""
-    from attrnet.engine.evaluate import evaluation_report
-
     half = np.full(len(names), 0.5)
 
     def summary(p: np.ndarray) -> dict:

@@ -12,16 +12,25 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from attrnet import atomic, metrics, report
+from attrnet.card import write_run_card
 from attrnet.config import Config, config_from_dict
 from attrnet.data.batches import BatchLoader
 from attrnet.data.formats import read_table
+from attrnet.device import resolve_device
 from attrnet.engine import distributed as ddp
-from attrnet.engine.checkpoint import (LOADED_ONLY, load_checkpoint, network_from_checkpoint, resolve_checkpoint,
-                                      save_checkpoint)
+from attrnet.engine.checkpoint import save_checkpoint
+from attrnet.engine.setup import PreparedData, images_for_device, make_loader, prepare_data
+from attrnet.errors import AttrnetError
+from attrnet.inference.checkpoint import (
+    LOADED_ONLY,
+    load_checkpoint,
+    network_from_checkpoint,
+    preprocessing_of,
+    resolve_checkpoint,
+)
 from attrnet.inference.forward import Normalize, batch_logits, make_normalize
 from attrnet.inference.tta import check_tta
-from attrnet.engine.setup import Precision, PreparedData, images_for_device, make_loader, prepare_data, resolve_device
-from attrnet.errors import AttrnetError
+from attrnet.precision import Precision
 
 
 @torch.no_grad()
@@ -89,11 +98,12 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
     if len(idx) == 0:
         raise AttrnetError(f"split {split!r} of {data_cfg.root} is empty; try --split all")
     model = model.to(dev)
-    precision = Precision(cfg, dev)
+    precision = Precision.from_config(cfg, dev)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     images = images_for_device(data.decoded, dev, cfg.data.cache_on_device)
-    normalize = make_normalize(ckpt.get("normalization"), 1 if cfg.data.grayscale else 3).to(dev)
+    pre = preprocessing_of(ckpt)
+    normalize = make_normalize(pre.normalization, pre.channels).to(dev)
     probs, labels = predict_probs(model, make_loader(images, data, idx, batch_size, dev, False), precision,
                                   progress=progress, tta=tta, normalize=normalize)
     thresholds = np.asarray(ckpt.get("thresholds") or [0.5] * len(names))
@@ -106,7 +116,8 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
 
 
 def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, precision, dist, history) -> dict:
-    """Load best.pt, tune per-attribute thresholds on val (train.tune_thresholds), evaluate on test, write JSON
+    """Load best.pt, choose per-attribute thresholds (train.tune_thresholds: tuned on val, 0.5, or the training
+    positive rates), evaluate on test, write JSON
     and plots."""
     names = data.table.names
     val_idx, test_idx = data.indices("val"), data.indices("test")
@@ -114,7 +125,8 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, preci
     ddp.barrier(dist)
     ckpt = load_checkpoint(best_path)
     model = network_from_checkpoint(ckpt).to(device)
-    normalize = make_normalize(ckpt.get("normalization"), 1 if cfg.data.grayscale else 3).to(device)
+    pre = preprocessing_of(ckpt)
+    normalize = make_normalize(pre.normalization, pre.channels).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -124,7 +136,9 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, preci
         return predict_probs(model, loader, precision, dist, tta=cfg.model.tta, normalize=normalize)
 
     thresholds = np.full(len(names), 0.5)
-    if len(val_idx) and cfg.train.tune_thresholds:
+    if cfg.train.tune_thresholds == "prior":
+        thresholds = metrics.prior_thresholds(data.table.labels[data.indices("train")])
+    elif len(val_idx) and cfg.train.tune_thresholds:
         thresholds = metrics.tune_thresholds(*score(val_idx), cfg.train.threshold_metric)
     probs, labels = score(test_idx if len(test_idx) else val_idx)
     result = evaluation_report(probs, labels, names, thresholds, data.groups)
@@ -134,9 +148,7 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, preci
         ckpt["thresholds"] = thresholds.tolist()
         save_checkpoint(best_path, **{k: v for k, v in ckpt.items() if k not in LOADED_ONLY})
         atomic.write_json(run_dir / "metrics.json", report.to_jsonable(result))
-        from attrnet.card import write_run_card  # MODEL_CARD.md: from the checkpoint and the metrics just written
-
-        write_run_card(ckpt, run_dir)
+        write_run_card(ckpt, run_dir)  # MODEL_CARD.md: from the checkpoint and the metrics just written
         report.plot_attribute_accuracy(result, run_dir / "plots" / "attribute_accuracy.png",
                                        title=f"{result['split']} split, mean accuracy {result['mean_accuracy']:.3f}")
         report.plot_training_curves(history, run_dir / "plots" / "training_curves.png")

@@ -9,14 +9,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from attrnet import precision as precision_rule
 from attrnet.config import Config
 from attrnet.data.batches import BatchLoader, epoch_batches
-from attrnet.data.cache import CacheBuild, DecodedImages, open_or_start  # noqa: F401
+from attrnet.data.cache import CacheBuild, open_or_start
+from attrnet.data.cache_files import DecodedImages
 from attrnet.data.formats import assign_partition, read_table, split_indices
+from attrnet.data.groups import resolve_groups
 from attrnet.data.images import RESIZE_METHODS
 from attrnet.data.table import AttributeTable
-from attrnet.device import resolve_device, same_device  # noqa: F401 - resolve_device re-exported for callers
+from attrnet.device import same_device
 from attrnet.errors import AttrnetError
 
 log = logging.getLogger(__name__)
@@ -109,21 +110,7 @@ def resolve_config_groups(spec, table: AttributeTable, known: list[str] | None =
     known: every attribute of the data set before the selection (a mapping may name left-out ones)."""
     if spec is None:
         return table.groups
-    from attrnet.data.groups import resolve_groups
     return resolve_groups(spec, table.names, known=known)
-
-
-class Precision(precision_rule.Precision):
-    """The older call form `Precision(cfg, device)`: attrnet.precision.Precision.from_config(cfg, device),
-    with a config mistake reported as an AttrnetError. New code calls Precision.from_config."""
-
-    def __init__(self, cfg: Config, device: torch.device):
-        try:
-            p = precision_rule.Precision.from_config(cfg, device)
-        except ValueError as exc:  # a bad train.precision / train.channels_last, or ATTRNET_CPU_BF16
-            msg = str(exc)
-            raise AttrnetError(f"train.{msg}" if msg.startswith(("precision", "channels_last")) else msg) from None
-        super().__init__(p.bf16, p.channels_last, p.device_type, p.reason)
 
 
 def images_for_device(decoded: DecodedImages, device: torch.device, mode) -> torch.Tensor | np.ndarray:

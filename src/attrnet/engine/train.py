@@ -9,6 +9,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -16,21 +17,26 @@ from tqdm import tqdm
 from attrnet import atomic, metrics
 from attrnet.config import Config
 from attrnet.data.batches import BatchLoader
+from attrnet.data.groups import group_index
+from attrnet.device import resolve_device
 from attrnet.engine import distributed as ddp
-from attrnet.engine.averaging import WeightAverage, WeightEMA, make_ema, recompute_batchnorm  # noqa: F401
-from attrnet.engine.batch import augment_batch, mixup_rng, prepare_batch  # noqa: F401 - re-exported
-from attrnet.engine.optim import build_optimizer, build_scheduler, compute_pos_weight  # noqa: F401
-from attrnet.engine.checkpoint import (LOADED_ONLY, RESUME_ONLY, CheckpointWriter, load_checkpoint, load_weights,
-                                      save_checkpoint)
-from attrnet.engine.run_folder import check_run_folder, start_run_folder
-from attrnet.engine.warmup import start_backward_warmup
+from attrnet.engine.averaging import WeightAverage, make_ema, recompute_batchnorm
+from attrnet.engine.batch import mixup_rng, prepare_batch
+from attrnet.engine.distill import distillation_targets
+from attrnet.engine.checkpoint import RESUME_ONLY, CheckpointWriter, save_checkpoint
 from attrnet.engine.evaluate import finish, predict_logits
-from attrnet.engine.setup import (Precision, PreparedData, first_epoch_order, loader_images, make_loader,
-                                  prepare_data, resolve_device)
+from attrnet.engine.optim import build_optimizer, build_scheduler, compute_pos_weight
+from attrnet.engine.run_folder import check_run_folder, start_run_folder
+from attrnet.engine.setup import PreparedData, first_epoch_order, loader_images, make_loader, prepare_data
+from attrnet.engine.warmup import start_backward_warmup
 from attrnet.errors import AttrnetError
+from attrnet.inference.checkpoint import LOADED_ONLY, load_checkpoint, load_weights
+from attrnet.inference.forward import make_normalize
 from attrnet.losses import attribute_bce, masked_bce
-from attrnet.models.backbones import IMAGENET_NORMALIZATION
 from attrnet.models.build import build_model
+from attrnet.mtl.prox import group_ids
+from attrnet.precision import Precision
+from attrnet.preprocessing import IMAGENET_NORMALIZATION, Preprocessing
 from attrnet.weighting import Weighting, cut, make_weighting
 
 log = logging.getLogger(__name__)
@@ -146,7 +152,6 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
     try:
         report = None
         if cfg.train.teachers and data.targets is None:
-            from attrnet.engine.distill import distillation_targets
             report = distillation_targets(cfg, data, device)
         result = _fit(cfg, run_dir, data, dist, device, resume, progress, overwrite)
         if report is not None and dist.is_main:
@@ -160,7 +165,7 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
 def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, device: torch.device, resume: bool,
          progress: bool, overwrite: bool) -> dict | None:
     ckpt_dir = run_dir / "checkpoints"
-    cfg = with_resolved_precision(cfg, Precision(cfg, device), dist)
+    cfg = with_resolved_precision(cfg, Precision.from_config(cfg, device), dist)
     if dist.is_main:
         start_run_folder(run_dir, cfg, overwrite=overwrite and not resume)
     names = data.table.names
@@ -185,10 +190,10 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
     if swa is not None and ckpt and ckpt.get("swa_weights"):
         load_weights(swa.module, ckpt["swa_weights"], f"{last_path} (SWA)")
         swa.count = int(ckpt["swa_count"])
-    after_step = chain(proximal_step_fn(model, cfg, data.groups, names, scheduler),
+    n_known = int(np.isfinite(data.table.labels[train_idx]).sum())
+    after_step = chain(proximal_step_fn(model, cfg, data.groups, names, scheduler, n_known),
                        ema.update if ema is not None else None)
     # validation normalises as training does: with the backbone's weights' statistics
-    from attrnet.inference.forward import make_normalize
     val_normalize = make_normalize(model.normalization, 1 if cfg.data.grayscale else 3).to(device)
     freeze_epochs = cfg.train.freeze_backbone_epochs
     if freeze_epochs and dist.enabled:  # DDP's reducer expects a gradient for every tensor it was built with
@@ -323,7 +328,7 @@ def make_training(cfg: Config, num_attributes: int, device: torch.device, dist: 
     """The seeded model in its memory format (SyncBatchNorm across GPUs), AdamW, its schedule, the wrappers."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, num_attributes, 1 if cfg.data.grayscale else 3).to(device)
-    precision = Precision(cfg, device)
+    precision = Precision.from_config(cfg, device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if dist.enabled and device.type == "cuda":
@@ -353,40 +358,27 @@ def chain(*fns):
     return lambda: [f() for f in fns]
 
 
-def proximal_step_fn(model: nn.Module, cfg: Config, groups, names: list[str], scheduler):
-    """For the latent-task head: the proximal steps of the paper's penalties after each optimizer step."""
+def proximal_step_fn(model: nn.Module, cfg: Config, groups, names: list[str], scheduler, n_known: int):
+    """For the latent-task head: the proximal steps of the paper's penalties after each optimizer step.
+
+    The solver minimises a sum of per-label losses plus mu, gamma times the penalties; training minimises the
+    mean over the n_known training labels, so the same objective divided by n_known has its penalties weighted
+    mu / n_known, gamma / n_known: with those, mtl.mu and mtl.gamma mean the same in both."""
     if cfg.model.head != "latent":
         return None
-    from attrnet.mtl.prox import block_soft_threshold, group_ids, soft_threshold
-
     head = model.heads
-    # checked and moved once: a check or a copy per step would wait for a GPU
-    gid = group_ids(_group_ids(groups, names), len(names), head.S.device)
-    n_groups = int(gid.max()) + 1
-
-    @torch.no_grad()
-    def step() -> None:
-        lr = scheduler.get_last_lr()[0]
-        head.S.copy_(block_soft_threshold(head.S, gid, n_groups, lr * cfg.mtl.mu))
-        head.L.copy_(soft_threshold(head.L, lr * cfg.mtl.gamma))
-    return step
-
-
-def _group_ids(groups, names: list[str]) -> torch.Tensor:
-    if not groups:
-        return torch.arange(len(names))  # every attribute its own group: plain l1/l2 per entry
-    lookup = {a: gi for gi, attrs in enumerate(groups.values()) for a in attrs}
-    return torch.tensor([lookup[n] for n in names])
+    if groups:
+        head.set_groups(group_ids(group_index(groups, names), len(names)))
+    mu, gamma = cfg.mtl.mu / max(1, n_known), cfg.mtl.gamma / max(1, n_known)
+    return lambda: head.proximal_step(scheduler.get_last_lr()[0], mu, gamma)
 
 
 def model_meta(cfg: Config, names: list[str], groups, normalization: dict | None = None) -> dict:
-    """What a checkpoint needs besides weights to rebuild and use the model on its own. `normalization` is
-    the model's ({"mean": [r, g, b], "std": [r, g, b], "interpolation"}): inference normalises with it."""
-    norm = normalization or IMAGENET_NORMALIZATION
+    """What a checkpoint needs besides weights to rebuild and use the model on its own: the config, the
+    attributes and groups, and how the model reads an image (attrnet.preprocessing.Preprocessing, with the
+    network's own normalisation: {"mean", "std", "interpolation"} of its weights)."""
     return dict(config=cfg.to_dict(), attributes=list(names), groups=groups,
-                image_size=list(cfg.image_hw()), grayscale=cfg.data.grayscale, resize=cfg.data.resize,
-                normalization={"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]],
-                               "interpolation": str(norm["interpolation"])})
+                preprocessing=Preprocessing.from_config(cfg.data, cfg.model, normalization or IMAGENET_NORMALIZATION).to_dict())
 
 
 def check_attributes(ckpt: dict, names: list[str], where) -> None:

@@ -5,6 +5,9 @@ precision; test-time augmentation as a reduction outside the network; thresholds
 training, `evaluate`, `predict`, `export` and `serve` all go through here, so they agree.
 """
 
-from attrnet.inference.model import AttributeModel, Prediction, load_model
+from attrnet.inference.load import load_model
+from attrnet.inference.model import AttributeModel
+from attrnet.inference.onnx_model import OnnxAttributeModel
+from attrnet.inference.predictor import Prediction, Predictor
 
-__all__ = ["AttributeModel", "Prediction", "load_model"]
+__all__ = ["AttributeModel", "OnnxAttributeModel", "Prediction", "Predictor", "load_model"]

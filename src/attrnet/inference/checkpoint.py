@@ -7,6 +7,7 @@ model on CNN features (mtl_model.pt), whose CNN(s) are found beside it in its ru
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch.nn as nn
@@ -14,6 +15,9 @@ import torch.nn as nn
 from attrnet import model_file
 from attrnet.config import Config, config_from_dict
 from attrnet.errors import AttrnetError
+from attrnet.models.build import build_model
+from attrnet.models.latent import LatentTaskNet, latent_weights
+from attrnet.preprocessing import Preprocessing
 
 CHECKPOINT_VERSION = 2                # 2: weights-only (plain types), with `kind`
 KIND_ATTRIBUTE_NET = "attribute_net"  # attrnet.models.build.AttributeNet (checkpoints/best.pt, last.pt)
@@ -72,6 +76,11 @@ def load_weights(module: nn.Module, state: dict, where: str) -> None:
         raise AttrnetError(f"{where}: the weights do not fit the network its config describes ({detail[:300]})") from None
 
 
+def preprocessing_of(ckpt: dict) -> Preprocessing:
+    """How the checkpoint's model reads an image (attrnet.preprocessing)."""
+    return Preprocessing.from_checkpoint(ckpt, ckpt.get("config") or {})
+
+
 def checkpoint_config(ckpt: dict) -> Config:
     return config_from_dict(ckpt.get("config"), f"{ckpt.get('path', 'checkpoint')} (config)")
 
@@ -81,11 +90,10 @@ def network_from_checkpoint(ckpt: dict) -> nn.Module:
     predict with; built without downloading pretrained weights (the checkpoint holds the trained ones)."""
     if ckpt.get("kind") == KIND_LATENT_TASK:
         return _latent_task_net(ckpt)
-    from attrnet.models.build import build_model
 
     cfg = checkpoint_config(ckpt)
     cfg.model.pretrained = False
-    model = build_model(cfg.model, len(ckpt["attributes"]), 1 if ckpt.get("grayscale") else 3)
+    model = build_model(cfg.model, len(ckpt["attributes"]), preprocessing_of(ckpt).channels)
     load_weights(model, inference_state(ckpt), ckpt.get("path", "checkpoint"))
     return model.eval()
 
@@ -93,10 +101,6 @@ def network_from_checkpoint(ckpt: dict) -> nn.Module:
 def _latent_task_net(ckpt: dict) -> nn.Module:
     """The paper's model of an MTL run: its CNN(s) (cnn/checkpoints/best.pt for shared features,
     feature_cnns.pt for one CNN per attribute), the feature standardisation and W = L S."""
-    import dataclasses
-
-    from attrnet.models.build import build_model
-    from attrnet.mtl.model import LatentTaskNet, latent_weights
 
     run = Path(ckpt["run_dir"])
     cfg = checkpoint_config(ckpt)
@@ -114,7 +118,7 @@ def _latent_task_net(ckpt: dict) -> nn.Module:
         model_cfg = dataclasses.replace(cfg.model, pretrained=False)
         cnns = []
         for m in range(len(ckpt["attributes"])):
-            cnn = build_model(model_cfg, 1, 1 if ckpt.get("grayscale") else 3)
+            cnn = build_model(model_cfg, 1, preprocessing_of(ckpt).channels)
             load_weights(cnn, {k: v[m] for k, v in stacked.items()}, f"{path} (CNN {m})")
             cnns.append(cnn)
     try:

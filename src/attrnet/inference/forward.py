@@ -11,10 +11,7 @@ import torch
 import torch.nn as nn
 
 from attrnet.inference.tta import check_tta, tta_average
-
-# torchvision's ImageNet statistics: what every attrnet model was normalised with unless its weights say
-# otherwise (a checkpoint's "normalization" entry). Kept equal to attrnet.data.augment's (a test checks).
-IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}
+from attrnet.preprocessing import IMAGENET_NORMALIZATION
 
 
 class Normalize(nn.Module):

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from attrnet.errors import AttrnetError
-from attrnet.inference.model import AttributeModel
+from attrnet.inference.predictor import Predictor
 from attrnet.inference.sources import ModelInfo
 
 
-class OnnxAttributeModel(AttributeModel):
+class OnnxAttributeModel(Predictor):
     """The graph takes uint8 images and returns probabilities: preprocessing up to the pixels is attrnet's,
     everything after them is inside the graph (normalisation, the TTA it was exported with)."""
 
@@ -22,7 +22,6 @@ class OnnxAttributeModel(AttributeModel):
 
     def __init__(self, session, info: ModelInfo, tta: str):
         self.session, self.info, self.tta = session, info, tta
-        self.device = torch.device("cpu")
         self.input_name = session.get_inputs()[0].name
 
     @classmethod
@@ -60,6 +59,3 @@ class OnnxAttributeModel(AttributeModel):
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         p = torch.from_numpy(self.probabilities(batch)).clamp(1e-12, 1 - 1e-12)
         return torch.logit(p).float()
-
-    def probability_graph(self, tta=None):  # pragma: no cover - nothing to re-export from a graph
-        raise AttrnetError("an ONNX model cannot be exported again; export from the run folder")

@@ -9,13 +9,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_model
 
-from attrnet.data.images import RESIZE_INTERPOLATION
+from attrnet.config import config_from_dict
 from attrnet.errors import AttrnetError
-from attrnet.inference.checkpoint import (KIND_ATTRIBUTE_NET, KIND_LATENT_TASK, checkpoint_config, load_checkpoint,
-                                          network_from_checkpoint)
-from attrnet.inference.forward import IMAGENET_NORMALIZATION
+from attrnet.inference.checkpoint import (
+    KIND_ATTRIBUTE_NET,
+    KIND_LATENT_TASK,
+    checkpoint_config,
+    load_checkpoint,
+    network_from_checkpoint,
+)
+from attrnet.models.build import build_model
+from attrnet.models.latent import LatentTaskNet
+from attrnet.preprocessing import Preprocessing
 
 HUB_CONFIG = "config.json"
 HUB_WEIGHTS = "model.safetensors"
@@ -30,45 +40,50 @@ class ModelInfo:
     kind: str
     attributes: list[str]
     thresholds: np.ndarray
-    image_size: tuple[int, int]
-    grayscale: bool
-    resize: str
-    normalization: dict
-    tta: str                       # the run's own test-time augmentation (model.tta)
+    preprocessing: Preprocessing   # how it reads an image (size, colour, resize, normalisation, TTA, input kind)
     config: dict                   # the run's resolved config
     groups: dict | None = None
     metrics: dict | None = None    # the run's test metrics (metrics.json), when known
     source: str = ""
     latent: dict = field(default_factory=dict)  # latent_task only: {"features": "shared" | "per_attribute"}
 
+    # the preprocessing facts every reader of an image asks for
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.preprocessing.image_size
+
+    @property
+    def grayscale(self) -> bool:
+        return self.preprocessing.grayscale
+
+    @property
+    def resize(self) -> str:
+        return self.preprocessing.resize
+
+    @property
+    def normalization(self) -> dict:
+        return self.preprocessing.normalization
+
+    @property
+    def tta(self) -> str:
+        """The model's own test-time augmentation (model.tta of its run)."""
+        return self.preprocessing.tta
+
     def to_json(self) -> dict:
         """The JSON form written into exported folders and ONNX sidecars (and read back by from_json)."""
         return {"library_name": "attrnet", "attrnet_format": HUB_FORMAT, "kind": self.kind,
                 "attributes": list(self.attributes), "thresholds": [float(t) for t in self.thresholds],
                 "groups": self.groups, "tta": self.tta, "latent": self.latent,
-                "preprocessing": {"image_size": list(self.image_size), "grayscale": self.grayscale,
-                                  "color_mode": "L" if self.grayscale else "RGB", "resize": self.resize,
-                                  # what attrnet's resize did in training and does in inference (an
-                                  # antialiased bilinear resize, data.images.resize_image), whatever the
-                                  # weights were trained with; that one is weights_interpolation
-                                  "interpolation": RESIZE_INTERPOLATION.value,
-                                  "weights_interpolation": self.normalization.get("interpolation", "bilinear"),
-                                  "mean": list(self.normalization["mean"]), "std": list(self.normalization["std"]),
-                                  "input": "uint8 [batch, channels, height, width], values 0-255"},
-                "config": self.config, "metrics": self.metrics}
+                "preprocessing": self.preprocessing.to_json(), "config": self.config, "metrics": self.metrics}
 
     @classmethod
     def from_json(cls, obj: dict, source: str) -> "ModelInfo":
         try:
-            pre = obj["preprocessing"]
             return cls(kind=obj["kind"], attributes=list(obj["attributes"]),
                        thresholds=np.asarray(obj["thresholds"], dtype=np.float64),
-                       image_size=tuple(pre["image_size"]), grayscale=bool(pre["grayscale"]), resize=pre["resize"],
-                       normalization={"mean": pre["mean"], "std": pre["std"],
-                                      "interpolation": pre.get("weights_interpolation",
-                                                               pre.get("interpolation", "bilinear"))},
-                       tta=obj.get("tta", "none"), config=obj["config"], groups=obj.get("groups"),
-                       metrics=obj.get("metrics"), source=source, latent=obj.get("latent") or {})
+                       preprocessing=Preprocessing.from_json(obj["preprocessing"], obj.get("tta", "none")),
+                       config=obj["config"], groups=obj.get("groups"), metrics=obj.get("metrics"), source=source,
+                       latent=obj.get("latent") or {})
         except (KeyError, TypeError, ValueError) as exc:
             raise AttrnetError(f"{source}: not an attrnet model description (missing or bad {exc})") from None
 
@@ -99,11 +114,8 @@ def info_from_checkpoint(ckpt: dict) -> ModelInfo:
     run_dir = path.parent if ckpt["kind"] == KIND_LATENT_TASK else path.parent.parent
     return ModelInfo(kind=ckpt["kind"], attributes=names,
                      thresholds=np.asarray(ckpt.get("thresholds") or [0.5] * len(names), dtype=np.float64),
-                     image_size=tuple(ckpt.get("image_size") or cfg.image_hw()),
-                     grayscale=bool(ckpt.get("grayscale", cfg.data.grayscale)),
-                     resize=ckpt.get("resize") or cfg.data.resize,
-                     normalization=dict(ckpt.get("normalization") or IMAGENET_NORMALIZATION),
-                     tta=cfg.model.tta, config=cfg.to_dict(), groups=ckpt.get("groups"),
+                     preprocessing=Preprocessing.from_checkpoint(ckpt, ckpt.get("config") or {}),
+                     config=cfg.to_dict(), groups=ckpt.get("groups"),
                      metrics=_run_metrics(run_dir), source=str(path),
                      latent={"features": ckpt.get("features", "shared")} if ckpt["kind"] == KIND_LATENT_TASK else {})
 
@@ -131,10 +143,6 @@ def read_hub_folder(folder: Path) -> tuple[nn.Module, ModelInfo]:
 
 def _empty_network(info: ModelInfo, weights: Path) -> nn.Module:
     """The architecture info describes, with placeholder weights of the stored shapes."""
-    import torch
-
-    from attrnet.config import config_from_dict
-    from attrnet.models.build import build_model
 
     cfg = config_from_dict(info.config, f"{weights.parent / HUB_CONFIG} (config)")
     cfg.model.pretrained = False
@@ -143,7 +151,6 @@ def _empty_network(info: ModelInfo, weights: Path) -> nn.Module:
         return build_model(cfg.model, m, channels)
     if info.kind != KIND_LATENT_TASK:
         raise AttrnetError(f"{weights.parent}: unknown kind of model {info.kind!r}")
-    from attrnet.mtl.model import LatentTaskNet
 
     shared = info.latent.get("features", "shared") == "shared"
     cnns = [build_model(cfg.model, m if shared else 1, channels) for _ in range(1 if shared else m)]
@@ -155,8 +162,6 @@ def _empty_network(info: ModelInfo, weights: Path) -> nn.Module:
 
 
 def _stored_shapes(path: Path) -> dict[str, list[int]]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             return {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}
@@ -165,8 +170,6 @@ def _stored_shapes(path: Path) -> dict[str, list[int]]:
 
 
 def _load_safetensors(net: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_model
-
     try:
         missing, unexpected = load_model(net, str(path), strict=False)
     except Exception as exc:  # noqa: BLE001 - shape mismatches and format errors alike

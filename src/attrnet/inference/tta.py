@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from attrnet.config import TTA_MODES
+from attrnet.config_rules import TTA_MODES
 from attrnet.errors import AttrnetError
 
 TTA_SHIFT = 1 / 16   # flip_shift moves the image by this fraction of its size (train.shift's default)

@@ -15,49 +15,27 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 import torchvision
 
 from attrnet.errors import AttrnetError
+from attrnet.models.contract import BackboneInfo, backbone_info, first_conv_names, hub_checkpoint
+from attrnet.models.drop_path import add_drop_path
+from attrnet.models.timm_backbones import create_timm_backbone, timm_name_problem, timm_normalization
 from attrnet.models.weight_files import load_weights_file
+from attrnet.preprocessing import IMAGENET_NORMALIZATION
 
 log = logging.getLogger(__name__)
 
 TIMM_PREFIX = "timm/"
-IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}
 # googlenet and inception_v3 were trained on (x - 0.5) / 0.5: their builders switch on `transform_input`, which
 # turns ImageNet-normalised RGB into that inside the network (and cannot take grey input). attrnet switches it
 # off and normalises the images that way instead (a test checks this tuple against every torchvision model).
 TRANSFORM_INPUT_MODELS = ("googlenet", "inception_v3")
 HALF_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 NUM_CLASSES = 1000  # the builders' default head, found by its size and removed
-
-
-@dataclass
-class BackboneInfo:
-    """What a backbone says about its input, set as `backbone.backbone_info` (one attribute: timm models
-    have submodules and parameters of many names, e.g. `weights`)."""
-
-    normalization: dict                  # {"mean": [r, g, b], "std": [r, g, b], "interpolation": "bilinear" |
-                                         # "bicubic"}: what the weights were trained with; ImageNet's
-                                         # statistics, bilinear, for a network trained from scratch
-    first_convs: tuple[str, ...]         # the convolutions that read the image (two for two-branch stems:
-                                         # RepVGG, MobileOne, CrossViT), adapted in place for in_chans != 3
-    input_size: tuple[int, int] | None = None  # (height, width) the weights were trained at; None: no weights
-    weights: str = ""                    # where the weights came from ("" = random initialisation)
-
-
-def backbone_info(model: nn.Module) -> BackboneInfo:
-    info = getattr(model, "backbone_info", None)
-    if info is None:  # pragma: no cover - every create_backbone result has one
-        info = BackboneInfo(dict(IMAGENET_NORMALIZATION), first_conv_names(model))
-    return info
 
 
 def torchvision_names() -> list[str]:
@@ -71,7 +49,6 @@ def backbone_name_problem(name) -> str | None:
     if not isinstance(name, str) or not name:
         return f"must be a model name, got {name!r}"
     if name.startswith(TIMM_PREFIX):
-        from attrnet.models.timm_backbones import timm_name_problem
         return timm_name_problem(name[len(TIMM_PREFIX):])
     names = torchvision_names()
     if name in names:
@@ -96,7 +73,6 @@ def create_backbone(name: str, pretrained: bool | str = False, in_chans: int = 3
     if problem:
         raise AttrnetError(f"model.backbone: {problem}")
     if name.startswith(TIMM_PREFIX):
-        from attrnet.models.timm_backbones import create_timm_backbone
         model = create_timm_backbone(name[len(TIMM_PREFIX):], pretrained, drop_path)
     else:
         model = _create_torchvision(name, pretrained, drop_path)
@@ -120,7 +96,6 @@ def _normalization(name: str, pretrained: bool | str, hub_dir: str) -> dict:
     if pretrained is False:
         return dict(IMAGENET_NORMALIZATION)
     if name.startswith(TIMM_PREFIX):
-        from attrnet.models.timm_backbones import timm_normalization
         return timm_normalization(name[len(TIMM_PREFIX):])
     weights = torchvision_weights(name) if pretrained is True else torchvision.models.get_model_weights(name).DEFAULT
     t = weights.transforms()
@@ -149,11 +124,6 @@ def torchvision_weights(name: str):
     return default
 
 
-def hub_checkpoint(url: str) -> Path:
-    """Where torch.hub.load_state_dict_from_url keeps (and first looks for) the file of `url`."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
-
-
 def _create_torchvision(name: str, pretrained: bool | str, drop_path: float = 0.0) -> nn.Module:
     weights = torchvision_weights(name) if pretrained is True else None
     try:
@@ -167,7 +137,6 @@ def _create_torchvision(name: str, pretrained: bool | str, drop_path: float = 0.
                            f"(benchmarks/offline_weights.sh does this for mobilenet_v2) or set "
                            f"model.pretrained to the path of a weights file") from None
     if drop_path > 0 and not builder_drop:
-        from attrnet.models.drop_path import add_drop_path
         if not add_drop_path(model, drop_path):
             raise AttrnetError(f"model.drop_path: backbone {name} has no residual blocks attrnet can drop "
                                f"(supported: timm models, torchvision's mobilenet_v2/v3, resnets and the models "
@@ -241,28 +210,7 @@ def remove_classifier(model: nn.Module, name: str = "model") -> tuple[list[str],
     return removed, num_features
 
 
-# ---- the parts of the contract both sources share ---------------------------------------------------------
-
-def first_conv_names(model: nn.Module, hints=None) -> tuple[str, ...]:
-    """The convolutions that read the image: those `hints` names (timm's pretrained_cfg["first_conv"], a
-    name or a tuple of names), each a Conv2d or a module holding one; else the first nn.Conv2d in
-    registration order; () when the network has no convolution (a linear patch embedding)."""
-    hints = (hints,) if isinstance(hints, str) else tuple(hints or ())
-    found = []
-    for hint in hints:
-        try:
-            module = model.get_submodule(hint)
-        except AttributeError:
-            break
-        inner = next((n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), None)
-        if inner is None:
-            break
-        found.append(f"{hint}.{inner}" if inner else hint)
-    if hints and len(found) == len(hints):
-        return tuple(found)
-    first = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
-    return (first,) if first is not None else ()
-
+# ---- adapting either source to the input ---------------------------------------------------------------------
 
 def adapt_first_conv(model: nn.Module, in_chans: int) -> None:
     """The convolutions that read the image made to take `in_chans` channels, in place (class, padding and

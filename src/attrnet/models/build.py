@@ -5,8 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from attrnet.models.backbones import IMAGENET_NORMALIZATION, create_backbone
-from attrnet.models.heads import AttributeHeads, LatentTaskHead, make_trunk
+from attrnet.errors import AttrnetError
+from attrnet.models.backbones import create_backbone
+from attrnet.models.heads import AttributeHeads, make_trunk
+from attrnet.models.latent import LatentTaskHead
+from attrnet.preprocessing import IMAGENET_NORMALIZATION
 
 
 class AttributeNet(nn.Module):
@@ -58,6 +61,5 @@ def build_model(model_cfg, num_attributes: int, in_chans: int) -> AttributeNet:
     elif model_cfg.head == "independent":
         heads = AttributeHeads(width, num_attributes, model_cfg.head_hidden)
     else:
-        from attrnet.errors import AttrnetError
         raise AttrnetError(f"unknown model.head {model_cfg.head!r}; valid: independent, latent")
     return AttributeNet(backbone, trunk, heads, model_cfg.dropout)

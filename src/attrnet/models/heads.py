@@ -42,24 +42,3 @@ class AttributeHeads(nn.Module):
             return self.linear(feats)
         h = torch.relu(torch.einsum("bd,mdh->bmh", feats, self.w1) + self.b1)
         return torch.einsum("bmh,mh->bm", h, self.w2) + self.b2
-
-
-class LatentTaskHead(nn.Module):
-    """The paper's classifier layer: w_m = L s^m, logits = x L S + b (L: D x K, S: K x M).
-
-    Trained end to end, with proximal steps (l1 on L, group soft-thresholding on S) applied after each
-    optimizer step by the engine (proximal SGD).
-    """
-
-    def __init__(self, in_features: int, num_attributes: int, latent_tasks: int):
-        super().__init__()
-        self.L = nn.Parameter(torch.randn(in_features, latent_tasks) * in_features ** -0.5)
-        self.S = nn.Parameter(torch.randn(latent_tasks, num_attributes) * latent_tasks ** -0.5)
-        self.bias = nn.Parameter(torch.zeros(num_attributes))
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return feats @ self.L @ self.S + self.bias
-
-    def classifiers(self) -> torch.Tensor:
-        """W = L S, one column per attribute."""
-        return self.L @ self.S

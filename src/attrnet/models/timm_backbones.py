@@ -14,13 +14,16 @@ from pathlib import Path
 import torch.nn as nn
 
 from attrnet.errors import AttrnetError
+from attrnet.models.contract import BackboneInfo, first_conv_names, hub_checkpoint
+from attrnet.models.weight_files import load_weights_file
+from attrnet.preprocessing import IMAGENET_NORMALIZATION
 
 log = logging.getLogger(__name__)
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads from a Hub repo, in its order
 
 
-def _timm():
+def import_timm():
     try:
         import timm
     except ImportError:
@@ -31,7 +34,7 @@ def _timm():
 def timm_name_problem(name: str) -> str | None:
     """What is wrong with a timm model name (None if timm knows it), without building the model."""
     try:
-        timm = _timm()
+        timm = import_timm()
     except AttrnetError as exc:
         return str(exc)
     arch = name.split(".")[0]
@@ -47,13 +50,12 @@ def timm_name_problem(name: str) -> str | None:
 
 
 def _pretrained_cfg(name: str) -> dict:
-    cfg = _timm().models.get_pretrained_cfg(name)
+    cfg = import_timm().models.get_pretrained_cfg(name)
     return cfg.to_dict() if cfg is not None else {}
 
 
 def timm_normalization(name: str) -> dict:
     """mean, std and interpolation from the model's pretrained_cfg (timm's own record of its weights)."""
-    from attrnet.models.backbones import IMAGENET_NORMALIZATION
     cfg = _pretrained_cfg(name)
     return {"mean": [float(v) for v in cfg.get("mean", IMAGENET_NORMALIZATION["mean"])],
             "std": [float(v) for v in cfg.get("std", IMAGENET_NORMALIZATION["std"])],
@@ -63,7 +65,6 @@ def timm_normalization(name: str) -> dict:
 def cached_weights(name: str) -> Path | None:
     """The model's weights file if a cache already holds it: the Hugging Face Hub cache (where timm downloads
     to), then torch hub's checkpoints folder (timm's older download location, by the file's URL)."""
-    from attrnet.models.backbones import hub_checkpoint
     cfg = _pretrained_cfg(name)
     hub_id = cfg.get("hf_hub_id")
     if hub_id:
@@ -87,7 +88,7 @@ def cached_weights(name: str) -> Path | None:
 def create_timm_backbone(name: str, pretrained: bool | str = False, drop_path: float = 0.0) -> nn.Module:
     """timm.create_model(name, num_classes=0): the pooled features, classifier removed by timm itself;
     drop_path: timm's drop_path_rate (stochastic depth)."""
-    timm = _timm()
+    timm = import_timm()
     cached = cached_weights(name) if pretrained is True else None
     overlay = {"file": str(cached)} if cached is not None else None
     extra = {"drop_path_rate": drop_path} if drop_path > 0 else {}
@@ -108,14 +109,12 @@ def create_timm_backbone(name: str, pretrained: bool | str = False, drop_path: f
                            f"fail at once instead of after the Hub's retries") from None
     cfg = dict(model.pretrained_cfg)
     if isinstance(pretrained, str):
-        from attrnet.models.weight_files import load_weights_file
         classifier = cfg.get("classifier") or ()
         load_weights_file(model, pretrained, [classifier] if isinstance(classifier, str) else list(classifier))
-    from attrnet.models.backbones import BackboneInfo, first_conv_names, weights_normalization
     model.num_features = getattr(model, "head_hidden_size", None) or model.num_features
     size = cfg.get("input_size")
     source = str(pretrained) if isinstance(pretrained, str) else (f"timm:{cached or name}" if pretrained else "")
-    model.backbone_info = BackboneInfo(weights_normalization(f"timm/{name}", pretrained),
+    model.backbone_info = BackboneInfo(timm_normalization(name) if pretrained else dict(IMAGENET_NORMALIZATION),
                                        first_conv_names(model, cfg.get("first_conv")),
                                        tuple(size[-2:]) if pretrained and size else None, source)
     if source:

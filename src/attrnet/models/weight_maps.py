@@ -12,10 +12,6 @@ mean = std = 0.5, bicubic).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
 from attrnet.errors import AttrnetError
 
 LUKEMELAS_EFFICIENTNET = "lukemelas-efficientnet"
@@ -79,24 +75,3 @@ def lukemelas_to_timm(state: dict, target: dict, where: str = "weights") -> dict
                                f"{dst} {tuple(b.shape)}: another EfficientNet variant")
         out[dst] = a
     return out
-
-
-def convert_file(src: str | Path, dst: str | Path, model: str = "tf_efficientnet_lite0") -> Path:
-    """Write `src` (a file in a known layout) as a plain state dict in timm `model`'s own keys, classifier
-    included: a file that timm.create_model(model, pretrained_cfg_overlay={"file": dst}) and attrnet's
-    model.pretrained both load. Needs timm."""
-    from attrnet.models.timm_backbones import _timm
-    from attrnet.models.weight_files import read_state_dict
-
-    state = read_state_dict(src)
-    with torch.device("meta"):  # only the keys and shapes are needed
-        target = _timm().create_model(model).state_dict()
-    mapped = to_model_layout(state, target, str(src))
-    if set(mapped) != set(target):
-        raise AttrnetError(f"{src}: not in a layout that maps onto timm's {model}")
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save({k: v.contiguous() for k, v in mapped.items()}, tmp)
-    tmp.replace(dst)
-    return dst

@@ -14,8 +14,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from attrnet.mtl.prox import (conjugate_gradient, fista, group_ids, group_norms, group_soft_threshold,
-                              power_lipschitz, soft_threshold)
+from attrnet.mtl.prox import (
+    conjugate_gradient,
+    fista,
+    group_ids,
+    group_norms,
+    group_soft_threshold,
+    power_lipschitz,
+    soft_threshold,
+)
 
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)

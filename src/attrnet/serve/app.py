@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 
 from attrnet.data.images import decode_image_bytes, resize_image
 from attrnet.errors import AttrnetError
-from attrnet.inference.model import AttributeModel
+from attrnet.inference.predictor import Predictor
 from attrnet.report import to_jsonable
 from attrnet.serve.batching import Batcher
 from attrnet.serve.settings import ServeSettings
@@ -38,7 +38,7 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src
                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-def create_app(model: AttributeModel, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(model: Predictor, settings: ServeSettings | None = None) -> FastAPI:
     """The application serving `model`; its batcher and decoding threads start with the app's lifespan."""
     settings = settings or ServeSettings()
     metrics = ServerMetrics()
@@ -70,7 +70,7 @@ def create_app(model: AttributeModel, settings: ServeSettings | None = None) -> 
 class _Decoder:
     """Header check, decoding and resizing of uploads in a thread pool, never on the event loop."""
 
-    def __init__(self, model: AttributeModel, threads: int):
+    def __init__(self, model: Predictor, threads: int):
         self.info = model.info
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="attrnet-decode")
 
@@ -108,7 +108,7 @@ class _FilesError(UploadError):
         self.files = [{"file": up.filename, "error": e.message} for up, e in errors]
 
 
-def _add_routes(app: FastAPI, model: AttributeModel, settings: ServeSettings, metrics: ServerMetrics,
+def _add_routes(app: FastAPI, model: Predictor, settings: ServeSettings, metrics: ServerMetrics,
                 batcher: Batcher, decoder: _Decoder) -> None:
     require_key = _key_check(settings.api_key)
     description = model_description(model, settings)
@@ -147,7 +147,7 @@ def _add_routes(app: FastAPI, model: AttributeModel, settings: ServeSettings, me
         return prediction_response(model, [up.filename for up in uploads], probs)
 
 
-def prediction_response(model: AttributeModel, files: list[str], probs: np.ndarray) -> dict:
+def prediction_response(model: Predictor, files: list[str], probs: np.ndarray) -> dict:
     """{"attributes", "groups"?, "results": [{"file", "attributes": {name: {probability, threshold, decision}}}]}."""
     thresholds = model.thresholds
     decisions = model.decisions(probs)
@@ -161,7 +161,7 @@ def prediction_response(model: AttributeModel, files: list[str], probs: np.ndarr
     return out
 
 
-def model_description(model: AttributeModel, settings: ServeSettings) -> dict:
+def model_description(model: Predictor, settings: ServeSettings) -> dict:
     """GET /v1/model: what the model predicts, how it reads an image, its test figures and the server's limits."""
     info = model.info
     metrics = to_jsonable(info.metrics) if info.metrics else None

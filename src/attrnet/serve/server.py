@@ -48,11 +48,12 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, runtime: str =
     """Load the model at `source` and serve it until interrupted (blocks)."""
     try:
         import fastapi  # noqa: F401
-        import python_multipart  # noqa: F401
         import prometheus_client  # noqa: F401
+        import python_multipart  # noqa: F401
         import uvicorn
     except ImportError:
         raise AttrnetError("attrnet serve needs FastAPI and uvicorn: pip install 'attrnet[serve]'") from None
+    # after the check above: the app module imports FastAPI and prometheus_client as it loads
     from attrnet.inference import load_model
     from attrnet.serve.app import create_app
 

@@ -17,7 +17,7 @@ import torch
 from attrnet.weighting.base import FeatureCut, Reduce, SharedFeatures, Weighting, cut
 from attrnet.weighting.equal import EqualWeighting
 from attrnet.weighting.famo import FAMO
-from attrnet.weighting.gradient import CAGrad, IMTLG, MGDA, PCGrad
+from attrnet.weighting.gradient import IMTLG, MGDA, CAGrad, PCGrad
 from attrnet.weighting.loss_based import DynamicWeightAverage, RandomLossWeighting, UncertaintyWeighting
 
 METHODS: dict[str, type[Weighting]] = {cls.name: cls for cls in (

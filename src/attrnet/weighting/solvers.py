@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from attrnet.weighting import fused
+
 
 def normalized_gram(gram: torch.Tensor) -> torch.Tensor:
     """G divided by its mean diagonal: the solvers' answers do not depend on G's scale, and the small
@@ -26,8 +28,6 @@ def convex_min(gram: torch.Tensor, linear: torch.Tensor, c: torch.Tensor | float
     by the exact minimiser of the convex objective along that segment (closed form below). Starts uniform.
     On a GPU the loop runs as one fused kernel (weighting.fused) when Triton is there.
     """
-    from attrnet.weighting import fused
-
     G = gram.double()
     p = linear.double()
     # torch.full, not torch.tensor: a tensor made from a Python number on a GPU is a blocking copy (a sync)

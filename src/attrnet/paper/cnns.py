@@ -30,6 +30,7 @@ import torch.nn as nn
 from torch.func import functional_call, stack_module_state
 
 from attrnet.config import Config
+from attrnet.engine.optim import build_optimizer, build_scheduler
 from attrnet.errors import AttrnetError
 from attrnet.losses import attribute_bce, masked_bce
 from attrnet.models.build import build_model
@@ -51,12 +52,10 @@ def _per_model_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torc
 
 
 def _optimizer(params: list[torch.Tensor], cfg: Config, device: torch.device, matrix_ndim: int = 2):
-    from attrnet.engine.train import build_optimizer
     return build_optimizer(params, cfg, device, matrix_ndim)
 
 
 def _scheduler(opt, cfg: Config, epochs: int, steps_per_epoch: int):
-    from attrnet.engine.train import build_scheduler
     return build_scheduler(opt, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs)),
                            steps_per_epoch)
 

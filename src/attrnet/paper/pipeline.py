@@ -1,6 +1,6 @@
 """The paper's whole pipeline from one config: data -> CNN features -> latent-task MTL -> evaluation.
 
-run_mtl(cfg, run_dir) prepares the data (the core's prepare_data), gets CNN features (attrnet.mtl.features:
+run_mtl(cfg, run_dir) prepares the data (the core's prepare_data), gets CNN features (attrnet.paper.features:
 one shared CNN or M single-attribute CNNs), standardises them on the training rows, fits W = L S with the
 alternating solver (attrnet.mtl.solver.fit_mtl), chooses thresholds, evaluates on the test split and writes,
 atomically, into the run folder:
@@ -27,18 +27,21 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 import torch
 
 from attrnet import atomic, metrics, model_file, report
 from attrnet.config import Config
 from attrnet.data.groups import group_index, validate_groups
-from attrnet.engine.checkpoint import CHECKPOINT_VERSION, KIND_LATENT_TASK
+from attrnet.device import resolve_device
+from attrnet.engine.evaluate import evaluation_report
 from attrnet.engine.run_folder import check_run_folder, start_run_folder
-from attrnet.engine.setup import PreparedData, prepare_data, resolve_device
+from attrnet.engine.setup import PreparedData, prepare_data
 from attrnet.errors import AttrnetError
-from attrnet.mtl.features import FeatureSet, compute_features
+from attrnet.inference.checkpoint import CHECKPOINT_VERSION, KIND_LATENT_TASK
 from attrnet.mtl.solver import MTLProblem, MTLResult, decision_function, fit_independent, fit_mtl
+from attrnet.paper.features import FeatureSet, compute_features
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def _rows(X: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return X[..., idx, :]
 
 
-def _sigmoid(s: np.ndarray) -> np.ndarray:
+def sigmoid(s: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(s, -60, 60)))
 
 
@@ -106,7 +109,7 @@ def choose_thresholds(val_scores: np.ndarray | None, val_labels: np.ndarray | No
     m = val_labels.shape[1] if val_labels is not None else (val_scores.shape[1] if val_scores is not None else 0)
     if mode == "zero" or val_scores is None or len(val_scores) == 0:
         return np.full(m, 0.5)
-    return metrics.tune_thresholds(_sigmoid(val_scores), val_labels, metric)
+    return metrics.tune_thresholds(sigmoid(val_scores), val_labels, metric)
 
 
 def _grid(cfg: Config) -> list[dict]:
@@ -138,7 +141,7 @@ def _baseline_lams(cfg: Config) -> list[float]:
 
 def _val_accuracy(scores: np.ndarray, labels: np.ndarray, names: list[str], mode: str, metric: str) -> float:
     thr = choose_thresholds(scores, labels, mode, metric)
-    return float(metrics.attribute_metrics(_sigmoid(scores), labels, names, thr)["mean_accuracy"])
+    return float(metrics.attribute_metrics(sigmoid(scores), labels, names, thr)["mean_accuracy"])
 
 
 # ---------------------------------------------------------------- fit and evaluate on given features
@@ -158,6 +161,9 @@ class Outcome:
     hyper: dict
     timings: dict = field(default_factory=dict)
     search: list = field(default_factory=list)
+    # per method ("mtl", "independent", "shared_heads"): (scores of the evaluated rows [n, M], the thresholds on
+    # sigmoid(score) it was scored at); the rows are `split`'s, in the table's order
+    scores: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -254,27 +260,31 @@ def _fit_and_evaluate(cfg: Config, data: PreparedData, feats: FeatureSet, device
 
     # --- thresholds and evaluation
     t0 = time.perf_counter()
-    from attrnet.engine.evaluate import evaluation_report
 
-    def evaluate(val_s: np.ndarray | None, eval_s: np.ndarray) -> tuple[dict, np.ndarray]:
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def evaluate(method: str, val_s: np.ndarray | None, eval_s: np.ndarray) -> tuple[dict, np.ndarray]:
         thr = choose_thresholds(val_s if has_val else None, y_val if has_val else None, mode, metric)
         if len(thr) != M:
             thr = np.full(M, 0.5)
-        rep = evaluation_report(_sigmoid(eval_s), y_eval, names, thr, groups)
+        rep = evaluation_report(sigmoid(eval_s), y_eval, names, thr, groups)
         rep["split"] = split
+        scores[method] = (eval_s, thr)
         return rep, thr
 
-    result, thresholds = evaluate(mtl_scores(best, X_val), mtl_scores(best, X_eval))
+    result, thresholds = evaluate("mtl", mtl_scores(best, X_val), mtl_scores(best, X_eval))
     W_ind, b_ind = ind_best
-    independent, _ = evaluate(_scores(X_val, W_ind, b_ind), _scores(X_eval, W_ind, b_ind))
+    independent, _ = evaluate("independent", _scores(X_val, W_ind, b_ind), _scores(X_eval, W_ind, b_ind))
     independent["lam"] = ind_lam
     baselines = {"independent": independent}
     if feats.logits is not None:
-        heads, _ = evaluate(feats.logits[val_idx].astype(np.float64), feats.logits[eval_idx].astype(np.float64))
+        heads, _ = evaluate("shared_heads", feats.logits[val_idx].astype(np.float64),
+                            feats.logits[eval_idx].astype(np.float64))
         baselines["shared_heads"] = heads
     timings["evaluation"] = time.perf_counter() - t0
     hyper = {**chosen, "val_mean_accuracy": best_acc, "baseline_lam": ind_lam, "baseline_val_mean_accuracy": ind_acc}
-    return Outcome(result, baselines, best, ind_best, thresholds, mean, std, groups, hyper, timings, search)
+    return Outcome(result, baselines, best, ind_best, thresholds, mean, std, groups, hyper, timings, search,
+                   scores)
 
 
 def solve_mtl(problem: MTLProblem, cfg: Config, K: int, mu: float, gamma: float, lam: float) -> MTLResult:

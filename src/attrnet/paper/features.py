@@ -6,7 +6,7 @@ Two ways to get the penultimate features x_i^m that the latent-task classifiers 
 * ``per_attribute``: as in the paper, M single-attribute CNNs, each trained on its own column alone
   (masked BCE on one column); x^m = the m-th CNN's features, so features are [M, N, D].
 
-The M CNNs are trained together (attrnet.mtl.cnns: one vmapped batch over stacked weights on a GPU, a
+The M CNNs are trained together (attrnet.paper.cnns: one vmapped batch over stacked weights on a GPU, a
 loop inside one step on the CPU).
 
 Features are cached in the run folder (``features.pt``, written atomically) under a key of everything they
@@ -15,7 +15,6 @@ depend on, so rerunning the solver stage does not retrain the CNNs.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -32,11 +31,19 @@ from tqdm import tqdm
 
 from attrnet import model_file
 from attrnet.config import Config
-from attrnet.data.augment import normalize
-from attrnet.engine.setup import PreparedData, images_for_device, make_loader, resolve_device
+from attrnet.device import resolve_device
+from attrnet.engine.batch import mixup_rng, prepare_batch
+from attrnet.engine.optim import compute_pos_weight
+from attrnet.engine.setup import PreparedData, images_for_device, make_loader
+from attrnet.engine.train import fit
 from attrnet.errors import AttrnetError
+from attrnet.inference.checkpoint import load_checkpoint, network_from_checkpoint
+from attrnet.inference.forward import make_normalize
+from attrnet.inference.tta import tta_average
+from attrnet.models.backbones import weights_normalization
 from attrnet.models.build import build_model
-from attrnet.mtl.cnns import BatchedCNNs, LoopCNNs, SequentialCNNs, make_attribute_models
+from attrnet.paper.cnns import BatchedCNNs, LoopCNNs, SequentialCNNs, make_attribute_models
+from attrnet.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +70,7 @@ class FeatureSet:
 
 # ---------------------------------------------------------------- M single-attribute CNNs
 
-def _precision(cfg: Config, device: torch.device):
-    from attrnet.engine.setup import Precision
-    return Precision(cfg, device)
-
-
-def _train_loader(cfg: Config, data: PreparedData, device: torch.device):
+def train_loader(cfg: Config, data: PreparedData, device: torch.device):
     images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
     idx = data.indices("train")
     if len(idx) == 0:
@@ -78,10 +80,9 @@ def _train_loader(cfg: Config, data: PreparedData, device: torch.device):
     return images, loader, steps
 
 
-def _epoch_batches(cfg: Config, loader, epoch: int, steps: int, channels_last: bool = False):
+def epoch_batches(cfg: Config, loader, epoch: int, steps: int, channels_last: bool = False):
     """The batches of one epoch, prepared as the core's training prepares them (train.flip, shift, scale,
     mixup: engine.train.prepare_batch): the same for every model and every trainer."""
-    from attrnet.engine.train import mixup_rng, prepare_batch
     gen = torch.Generator(device=loader.device).manual_seed(cfg.train.seed * 100_003 + epoch)
     mix_rng = mixup_rng(cfg, epoch)
     for i, (x, y) in enumerate(loader.epoch(epoch)):
@@ -93,7 +94,6 @@ def _epoch_batches(cfg: Config, loader, epoch: int, steps: int, channels_last: b
 def _pos_weight(cfg: Config, data: PreparedData, cols: list[int], device) -> torch.Tensor | None:
     if not cfg.train.pos_weight:
         return None
-    from attrnet.engine.train import compute_pos_weight
     return compute_pos_weight(data.table.labels[data.indices("train")][:, cols]).to(device)
 
 
@@ -127,8 +127,8 @@ def train_attribute_cnns(cfg: Config, data: PreparedData, device: torch.device |
     epochs = cfg.mtl.feature_epochs
     if epochs < 1:
         raise AttrnetError(f"mtl.feature_epochs must be at least 1, got {epochs}")
-    _, loader, steps = _train_loader(cfg, data, device)
-    precision = _precision(cfg, device)
+    _, loader, steps = train_loader(cfg, data, device)
+    precision = Precision.from_config(cfg, device)
     models = make_attribute_models(cfg.model, M, in_chans, cfg.train.seed)
     chunk = cfg.mtl.models_per_pass or M
     history: list[dict] = [{"epoch": e + 1, "loss": [0.0] * M} for e in range(epochs)]
@@ -146,7 +146,7 @@ def train_attribute_cnns(cfg: Config, data: PreparedData, device: torch.device |
             pw = _pos_weight(cfg, data, cols, device)
             for epoch in range(epochs):
                 total, n = torch.zeros(len(cols), device=device), 0
-                batches = _epoch_batches(cfg, loader, epoch, steps)
+                batches = epoch_batches(cfg, loader, epoch, steps)
                 for x, y in tqdm(batches, total=steps, leave=False, disable=not progress,
                                  desc=f"CNNs {cols[0] + 1}-{cols[-1] + 1}/{M} epoch {epoch + 1}"):
                     total += net.step(x, y[:, cols], pw, precision.autocast(), cfg.train.label_smoothing)
@@ -163,7 +163,7 @@ def train_attribute_cnns(cfg: Config, data: PreparedData, device: torch.device |
         for m in range(M):
             for epoch in range(epochs):
                 total_m, n = torch.zeros((), device=device), 0
-                for x, y in _epoch_batches(cfg, loader, epoch, steps):
+                for x, y in epoch_batches(cfg, loader, epoch, steps):
                     total_m += net_s.step(m, x, y, pw, precision.autocast(), cfg.train.label_smoothing)
                     n += 1
                     n_images += x.shape[0]
@@ -196,9 +196,12 @@ def per_attribute_features(cfg: Config, data: PreparedData, states: list[dict],
     M, N = len(states), len(data.table)
     images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
     idx = np.flatnonzero(data.decoded.ok)
-    precision = _precision(cfg, device)
+    precision = Precision.from_config(cfg, device)
     chunk = cfg.mtl.models_per_pass or M
     vmap = resolve_training_mode(cfg.mtl.per_attribute_training, device) == "vmap"
+    # as training normalised them: with the statistics of the weights the CNNs started from
+    normalize = make_normalize(weights_normalization(cfg.model.backbone, cfg.model.pretrained),
+                               1 if cfg.data.grayscale else 3).to(device)
     out: np.ndarray | None = None
     for start in range(0, M, chunk):
         part = _models_from_states(cfg, states[start:start + chunk])
@@ -222,17 +225,23 @@ def per_attribute_features(cfg: Config, data: PreparedData, states: list[dict],
 
 @torch.no_grad()
 def shared_features(cfg: Config, model: nn.Module, data: PreparedData, device: torch.device,
-                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """([N, D] penultimate features, [N, M] the model's own logits) for every decoded row."""
-    precision = _precision(cfg, device)
+                    progress: bool = True, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """([N, D] penultimate features, [N, M] the model's own logits) for every decoded row, the images normalised
+    with the model's own statistics. tta: none, or the mean features over inference's test-time views (for a
+    linear layer on top, whatever it is, that is the mean of its scores: the test-time augmentation exactly)."""
+    precision = Precision.from_config(cfg, device)
     model = model.to(device).eval()
+    normalize = make_normalize(getattr(model, "normalization", None), 1 if cfg.data.grayscale else 3).to(device)
     images = images_for_device(data.decoded, device, cfg.data.cache_on_device)
     idx = np.flatnonzero(data.decoded.ok)
     loader = make_loader(images, data, idx, cfg.train.batch_size * 2, device, False)
     feats, logits = [], []
     for x, _ in tqdm(loader.epoch(0), total=len(loader), leave=False, disable=not progress, desc="features"):
+        x = normalize(x)
+        if precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast():
-            f = model.features(normalize(x, channels_last=precision.channels_last))
+            f = tta_average(lambda v: model.features(v).float(), x, tta)
             logits.append(model.heads(f).float().cpu())
         feats.append(f.float().cpu())
     N, M = len(data.table), len(data.table.names)
@@ -246,9 +255,6 @@ def shared_features(cfg: Config, model: nn.Module, data: PreparedData, device: t
 
 def train_shared_cnn(cfg: Config, data: PreparedData, cnn_dir: Path, progress: bool = True) -> tuple[nn.Module, dict]:
     """The core's multi-attribute fit on the training split; returns its best model and its test metrics."""
-    from attrnet.engine.checkpoint import load_checkpoint, network_from_checkpoint
-    from attrnet.engine.train import fit
-
     result = fit(cfg, cnn_dir, progress=progress, data=data, overwrite=True)  # run_mtl guards the run folder
     return network_from_checkpoint(load_checkpoint(cnn_dir / "checkpoints" / "best.pt")), result
 
@@ -314,70 +320,3 @@ def compute_features(cfg: Config, data: PreparedData, run_dir: str | Path, devic
                                  "logits": None if logits is None else torch.from_numpy(logits),
                                  "checkpoint": checkpoint, "info": info})
     return fs
-
-
-# ---------------------------------------------------------------- batched vs sequential speed
-
-def measure_batched_speedup(cfg: Config, data: PreparedData, device: torch.device | None = None,
-                            steps: int = 3, num_models: int | None = None, warmup: int = 2) -> dict:
-    """Time the batched (vmap) and the sequential training of the same models on the same batches.
-
-    Both start from the same initial weights and do warmup + steps optimizer steps per model on the same
-    batches. The two are interleaved round by round (one batched step of all M models, then one step of
-    model 1, 2, ..., M alone on the same batch, then one LoopCNNs step), so on a machine shared with other
-    jobs all see the same load; the first `warmup` rounds (allocations, kernel selection) are not timed. Throughput is
-    images x models per second; ratio = batched / sequential, from the median round times.
-    """
-    device = device or resolve_device(cfg.train.device)
-    M = min(num_models or len(data.table.names), len(data.table.names))
-    in_chans = 1 if cfg.data.grayscale else 3
-    _, loader, n_steps = _train_loader(cfg, data, device)
-    batches: list = []
-    epoch = 0
-    while len(batches) < steps + warmup:
-        batches += list(_epoch_batches(cfg, loader, epoch, n_steps))
-        epoch += 1
-    batches = [(x, y[:, :M]) for x, y in batches[:steps + warmup]]
-    precision = _precision(cfg, device)
-    models = make_attribute_models(cfg.model, M, in_chans, cfg.train.seed)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    batched = BatchedCNNs([copy.deepcopy(m) for m in models], device)
-    batched.setup_optimizer(cfg, 1, steps + warmup)
-    loop = LoopCNNs([copy.deepcopy(m) for m in models], device)
-    loop.setup_optimizer(cfg, 1, steps + warmup)
-    seq = SequentialCNNs(models, device)
-    seq.setup_optimizer(cfg, 1, steps + warmup)
-    t_b, t_s, t_l = [], [], []
-    for i, (x, y) in enumerate(batches):
-        sync()
-        t0 = time.perf_counter()
-        batched.step(x, y, autocast=precision.autocast())
-        sync()
-        t1 = time.perf_counter()
-        for m in range(M):
-            seq.step(m, x, y, autocast=precision.autocast())
-        sync()
-        t2 = time.perf_counter()
-        loop.step(x, y, autocast=precision.autocast())
-        sync()
-        t3 = time.perf_counter()
-        if i >= warmup:
-            t_b.append(t1 - t0)
-            t_s.append(t2 - t1)
-            t_l.append(t3 - t2)
-    work = int(batches[0][0].shape[0]) * M  # images x models per round
-    med_b, med_s, med_l = float(np.median(t_b)), float(np.median(t_s)), float(np.median(t_l))
-    out = {"device": str(device), "models": M, "steps": steps, "warmup": warmup,
-           "batch_size": int(batches[0][0].shape[0]), "image_size": list(cfg.image_hw()),
-           "backbone": cfg.model.backbone, "precision": "bf16" if precision.bf16 else "fp32",
-           "batched_round_seconds": [round(t, 4) for t in t_b], "sequential_round_seconds": [round(t, 4) for t in t_s],
-           "batched_images_models_per_s": round(work / med_b, 2),
-           "sequential_images_models_per_s": round(work / med_s, 2),
-           "loop_images_models_per_s": round(work / med_l, 2)}
-    out["ratio"] = round(med_s / med_b, 3)  # vmap over the sequential loop
-    out["loop_ratio"] = round(med_s / med_l, 3)
-    return out
