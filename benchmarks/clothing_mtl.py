@@ -154,7 +154,7 @@ def main(argv=None) -> int:
                         datefmt="%H:%M:%S")
     for name in ("PIL", "matplotlib", "attrnet.mtl.solver", "attrnet.engine.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    from attrnet import atomic, report
+    from attrnet import atomic
     from attrnet.device import resolve_device
 
     device = resolve_device(args.device)
@@ -185,10 +185,11 @@ def main(argv=None) -> int:
               "features": "one shared CNN per split, trained on that split's training part",
               "rows": rows, "summary": summary, "splits": runs}
     out = Path(args.out) if args.out else workdir / "results.json"
-    atomic.write_json(out, report.to_jsonable(result))
+    atomic.write_json(out, to_jsonable(result))
     print(json.dumps({"summary": {m: s["mean_accuracy"] for m, s in summary.items()}, "out": str(out)}))
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+from attrnet.report.jsonable import to_jsonable

@@ -71,11 +71,11 @@ def untrained_model(spec: str, folder: Path) -> str:
 
     from attrnet.config import Config
     from attrnet.data.groups import CELEBA_GROUPS
-    from attrnet.inference.checkpoint import KIND_ATTRIBUTE_NET
     from attrnet.inference.export import export_hub
     from attrnet.inference.model import AttributeModel
     from attrnet.inference.sources import ModelInfo
     from attrnet.models.build import build_model
+    from attrnet.models.factory import KIND_ATTRIBUTE_NET
     from attrnet.preprocessing import Preprocessing
 
     backbone, size = spec.split(":")

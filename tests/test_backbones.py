@@ -296,8 +296,9 @@ def test_normalize_default_is_imagenet_bit_for_bit():
 
 def test_fine_tuning_run_stores_its_normalization_and_freezes_the_body(tmp_path):
     from conftest import random_csv_rows, tiny_config, write_csv_folder
-    from attrnet.engine.train import fit
+
     from attrnet.data.augment import normalize
+    from attrnet.engine.train import fit
     from attrnet.inference.checkpoint import load_checkpoint, preprocessing_of
     from attrnet.inference.forward import make_normalize
 
@@ -359,6 +360,7 @@ def test_seed_config_with_pretrained_weights_sums_them_for_grey(tmp_path):
     """configs/celeba-seed8.yaml with model.pretrained=PATH: the seed's grey ResNet18, its first convolution
     the file's RGB filters summed; the fine-tuning configs load and validate."""
     from pathlib import Path
+
     from attrnet.models.build import build_model
 
     configs = Path(__file__).resolve().parent.parent / "configs"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_csv_rows, write_csv_folder, write_jpeg
 
 from attrnet.cli import main
-from conftest import random_csv_rows, write_csv_folder, write_jpeg
 
 NO_GPU = not torch.cuda.is_available()
 

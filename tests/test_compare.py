@@ -9,10 +9,10 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import random_csv_rows, tiny_config, tiny_overrides, write_csv_folder
 
 from attrnet import compare
 from attrnet.errors import AttrnetError
-from conftest import random_csv_rows, tiny_config, tiny_overrides, write_csv_folder
 
 METRICS = ("accuracy", "balanced_accuracy", "f1", "average_precision")
 

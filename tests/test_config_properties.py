@@ -13,8 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attrnet.config_rules import RULES
 from attrnet.config import Config, apply_overrides, config_from_dict, load_config
+from attrnet.config_rules import RULES
 from attrnet.errors import AttrnetError
 
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,

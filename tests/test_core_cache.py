@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 import pytest
+from conftest import write_jpeg
 
 import attrnet.data.cache as cache_mod
 from attrnet.data import cache_files as files_mod
 from attrnet.data.cache import decode_all, open_or_start
 from attrnet.data.cache_files import remove_abandoned_builds
 from attrnet.data.images import load_image
-from conftest import write_jpeg
 
 
 @pytest.fixture
@@ -213,6 +213,7 @@ def test_a_build_under_way_survives_another_start(tmp_path, images):
 @pytest.mark.parametrize("resize", ["squash", "crop"])
 def test_batched_resize_equals_one_image_at_a_time(resize):
     import torch
+
     from attrnet.data.images import resize_image, resize_images
     gen = torch.Generator().manual_seed(0)
     shapes = [(3, 218, 178), (3, 109, 89), (3, 218, 178), (3, 64, 64), (3, 109, 89)]

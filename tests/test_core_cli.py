@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_csv_rows, write_csv_folder
 
 from attrnet.cli import main
 from attrnet.inference.checkpoint import load_checkpoint
-from conftest import random_csv_rows, write_csv_folder
 
 SEED8 = ["Eyeglasses", "Male", "Smiling", "Wearing_Hat", "Wearing_Necklace", "Wearing_Necktie",
          "Wearing_Earrings", "Wearing_Lipstick"]

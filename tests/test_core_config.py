@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from attrnet.config_rules import SEED8
 from attrnet.config import Config, apply_overrides, config_from_dict, load_config
+from attrnet.config_rules import SEED8
 from attrnet.errors import AttrnetError
 
 

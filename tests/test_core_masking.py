@@ -181,10 +181,11 @@ def test_fit_with_mixup_trains(tmp_path, monkeypatch):
     reports) is the BCE against those blended targets."""
     import csv
 
+    from conftest import random_csv_rows, tiny_config, write_csv_folder
+
     import attrnet.engine.batch as batch_mod
     import attrnet.engine.train as train_mod
     from attrnet.engine.train import fit
-    from conftest import random_csv_rows, tiny_config, write_csv_folder
 
     real_mixup, real_bce = batch_mod.mixup, train_mod.attribute_bce
     mixes, steps = [], []

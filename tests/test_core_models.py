@@ -8,8 +8,8 @@ import torchvision
 
 from attrnet.config import ModelConfig
 from attrnet.errors import AttrnetError
-from attrnet.models.backbones import create_backbone
 from attrnet.inference.tta import tta_average
+from attrnet.models.backbones import create_backbone
 from attrnet.models.build import build_model
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CELEBA_LABELS, CELEBA_NAMES, NAN, tiny_config, write_celeba, write_csv_folder
 
 from attrnet.config import DataConfig
 from attrnet.data.celeba import read_celeba
@@ -18,8 +19,6 @@ from attrnet.data.inspect import format_inspection, inspect_folder
 from attrnet.data.table import TEST, TRAIN, VAL, AttributeTable
 from attrnet.engine.setup import prepare_data
 from attrnet.errors import AttrnetError
-from conftest import CELEBA_LABELS, CELEBA_NAMES, NAN, tiny_config, write_celeba, write_csv_folder
-
 
 # --- CelebA layout -------------------------------------------------------------------------------------------
 
@@ -400,6 +399,7 @@ def _png_with_bad_pixel_data() -> bytes:
     decoder crashed the process with SIGSEGV on this)."""
     import struct
     import zlib
+
     from PIL import Image
     buf = io.BytesIO()
     Image.new("RGB", (12, 19), (10, 200, 30)).save(buf, "PNG")

@@ -9,15 +9,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import random_csv_rows, tiny_config, write_csv_folder
 
+import attrnet.engine.averaging as averaging_mod
+import attrnet.engine.optim as optim_mod
 import attrnet.engine.train as train_mod
-from attrnet.precision import Precision
-from attrnet.inference.checkpoint import load_checkpoint
 from attrnet.engine.checkpoint import save_checkpoint
 from attrnet.engine.evaluate import evaluate_checkpoint
 from attrnet.engine.train import fit
 from attrnet.errors import AttrnetError
-from conftest import random_csv_rows, tiny_config, write_csv_folder
+from attrnet.inference.checkpoint import load_checkpoint
+from attrnet.precision import Precision
 
 # --- thresholds tuned on val, kept in best.pt, used by evaluation ---------------------------------------------
 
@@ -224,8 +226,8 @@ def test_training_steps_do_not_sync_the_host(tmp_path, scale):
     loader = BatchLoader(images, labels, np.arange(64), 8, dev, shuffle=True, drop_last=True)
     model = build_model(cfg.model, 5, 3).to(dev).to(memory_format=torch.channels_last)
     precision = Precision.from_config(cfg, dev)
-    opt = train_mod.build_optimizer(model, cfg, dev)
-    sched = train_mod.build_scheduler(opt, cfg, len(loader))
+    opt = optim_mod.build_optimizer(model, cfg, dev)
+    sched = optim_mod.build_scheduler(opt, cfg, len(loader))
     train_mod.train_one_epoch(model, loader, opt, sched, cfg, precision, 0, progress=False)  # warm-up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
@@ -242,8 +244,8 @@ def test_training_steps_do_not_sync_the_host(tmp_path, scale):
 def test_weight_ema_is_the_exponential_average_of_the_steps():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
-    ema = train_mod.make_ema(model, 0.9)
-    assert train_mod.make_ema(model, 0.0) is None
+    ema = averaging_mod.make_ema(model, 0.9)
+    assert averaging_mod.make_ema(model, 0.0) is None
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(5):

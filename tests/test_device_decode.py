@@ -9,13 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import random_csv_rows, tiny_config, write_csv_folder, write_jpeg
 from PIL import Image
 
-from attrnet.data.cache_files import cache_key
 from attrnet.data.cache import decode_all, open_or_start
+from attrnet.data.cache_files import cache_key
 from attrnet.data.device_decode import decode_batch, read_encoded
 from attrnet.data.images import load_image
-from conftest import random_csv_rows, tiny_config, write_csv_folder, write_jpeg
 
 CPU = torch.device("cpu")
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from attrnet.engine.distill import soft_targets
 from attrnet.losses import attribute_bce
-from conftest import tiny_config
 
 NAN = float("nan")
 
@@ -43,8 +43,8 @@ def test_loss_on_soft_targets_is_the_weighted_sum_of_label_and_teacher_losses():
 
 
 def test_distillation_targets_come_from_the_teachers_and_only_training_batches_use_them(csv_run, tmp_path):
-    from attrnet.engine.setup import make_loader, prepare_data
     from attrnet.engine.distill import distillation_targets
+    from attrnet.engine.setup import make_loader, prepare_data
     from attrnet.inference import load_model
 
     cfg = tiny_config(csv_run["cache"], data__root=csv_run["data"], data__format="csv", data__attributes="[A,B]",

@@ -7,16 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-import attrnet.engine.optim as optim_mod
-import attrnet.engine.averaging as averaging_mod
-import attrnet.engine.train as train_mod
-from attrnet.precision import Precision
-from attrnet.data.batches import BatchLoader
-from attrnet.models.build import build_model
-from attrnet.weighting import METHODS
 from conftest import tiny_config
 from host_sync import count_host_syncs
+
+import attrnet.engine.averaging as averaging_mod
+import attrnet.engine.optim as optim_mod
+import attrnet.engine.train as train_mod
+from attrnet.data.batches import BatchLoader
+from attrnet.models.build import build_model
+from attrnet.precision import Precision
+from attrnet.weighting import METHODS
 
 
 def _allowed(record: tuple[str, str, str]) -> bool:

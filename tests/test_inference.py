@@ -32,8 +32,9 @@ def run(request, csv_run, tmp_path_factory) -> Path:
         return csv_run["run"]
     from attrnet import model_file
     from attrnet.config import config_from_dict
-    from attrnet.inference.checkpoint import KIND_LATENT_TASK, load_checkpoint
+    from attrnet.inference.checkpoint import load_checkpoint
     from attrnet.models.build import build_model
+    from attrnet.models.factory import KIND_LATENT_TASK
 
     folder = tmp_path_factory.mktemp("latent")
     best = load_checkpoint(csv_run["run"])
@@ -151,6 +152,29 @@ def test_onnx_export_matches_pytorch(tmp_path, run, csv_run, capsys, tta):
         b = onnx_model.predict(files, batch_size=batch).probabilities
         assert np.abs(a - b).max() <= 1e-4
     np.testing.assert_array_equal(onnx_model.thresholds, torch_model.thresholds)
+
+
+def test_predict_cli_precision_fp32_matches_the_onnx_graph(tmp_path, run, csv_run, capsys, caplog):
+    """`predict --precision fp32` (the choice logged) gives the exported graph's probabilities to 1e-4, whatever
+    the CPU; the CSV's 5 decimals add at most 5e-6 each."""
+    import csv as csvlib
+    import logging
+    out = tmp_path / "model.onnx"
+    assert _export(["export", run, "--format", "onnx", "--out", out], capsys) == 0
+    tables = {}
+    for name, model, extra in (("torch", run, ["--precision", "fp32", "--device", "cpu"]), ("onnx", out, [])):
+        with caplog.at_level(logging.INFO, logger="attrnet.inference.model"):
+            assert main(["predict", str(model), str(csv_run["data"]), "--out", str(tmp_path / f"{name}.csv"),
+                         *extra]) == 0
+        with open(tmp_path / f"{name}.csv", newline="") as fh:
+            rows = list(csvlib.DictReader(fh))
+        tables[name] = np.array([[float(r["A_prob"]), float(r["B_prob"])] for r in rows])
+    assert any("fp32" in r.getMessage() and "asked for" in r.getMessage() for r in caplog.records)
+    assert tables["torch"].shape == tables["onnx"].shape and len(tables["torch"]) > 0
+    assert np.abs(tables["torch"] - tables["onnx"]).max() <= 1e-4
+    capsys.readouterr()
+    assert main(["predict", str(out), str(csv_run["data"]), "--precision", "bf16"]) == 2
+    assert "computes in fp32" in capsys.readouterr().err
 
 
 def test_hub_folder_reproduces_the_checkpoint_exactly(tmp_path, run, csv_run, capsys):

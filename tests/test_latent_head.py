@@ -4,8 +4,8 @@ import torch
 
 from attrnet.config import config_from_dict
 from attrnet.data.synthetic import write_synthetic_celeba
-from attrnet.inference.checkpoint import load_checkpoint
 from attrnet.engine.train import fit
+from attrnet.inference.checkpoint import load_checkpoint
 
 GROUPS = {"accessories": ["Eyeglasses", "Wearing_Hat", "Wearing_Necklace", "Wearing_Necktie", "Wearing_Earrings"],
           "face": ["Male", "Smiling", "Wearing_Lipstick"]}

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from attrnet.bench.vmap import measure_batched_speedup
 from attrnet.config import config_from_dict
 from attrnet.data.synthetic import SYNTHETIC_ATTRIBUTES, write_synthetic_celeba
 from attrnet.engine.setup import prepare_data
 from attrnet.errors import AttrnetError
 from attrnet.paper.cnns import BatchedCNNs, LoopCNNs, SequentialCNNs, make_attribute_models
-from attrnet.bench.vmap import measure_batched_speedup
 from attrnet.paper.features import train_attribute_cnns
 from attrnet.paper.pipeline import balance_weights, run_mtl, standardize
 

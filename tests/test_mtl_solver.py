@@ -10,11 +10,24 @@ import pytest
 import torch
 
 from attrnet.config import Config
-from attrnet.mtl import (MTLProblem, MTLResult, decision_function, fista, fit_independent, fit_mtl,
-                         group_soft_threshold, objective, smooth_L, smooth_S, soft_threshold, solve_L, solve_S)
-from attrnet.paper.pipeline import solve_mtl
+from attrnet.mtl import (
+    MTLProblem,
+    MTLResult,
+    decision_function,
+    fista,
+    fit_independent,
+    fit_mtl,
+    group_soft_threshold,
+    objective,
+    smooth_L,
+    smooth_S,
+    soft_threshold,
+    solve_L,
+    solve_S,
+)
 from attrnet.mtl.prox import conjugate_gradient, group_norms
 from attrnet.mtl.solver import _init
+from attrnet.paper.pipeline import solve_mtl
 
 F64 = torch.float64
 GROUPS = [[0, 1], [2], [3, 4]]

@@ -17,8 +17,15 @@ from attrnet.models.latent import LatentTaskHead
 from attrnet.mtl.prox import group_ids, group_soft_threshold, soft_threshold
 from attrnet.mtl.solver import MTLProblem, objective, smooth_S
 from attrnet.paper.reproduce import ROWS, check_paper_config, parse_rows, run_paper_table
-from attrnet.paper.table import (PAPER_ATTRIBUTES, PAPER_GROUPS, PAPER_TABLE, format_markdown, majority_probs,
-                                 score_row, summarize)
+from attrnet.paper.table import (
+    PAPER_ATTRIBUTES,
+    PAPER_GROUPS,
+    PAPER_TABLE,
+    format_markdown,
+    majority_probs,
+    score_row,
+    summarize,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -247,11 +247,11 @@ def test_autocast_is_a_no_op_in_fp32_and_bf16_in_bf16():
 def test_inference_follows_the_same_rule(monkeypatch, tmp_path):
     """engine.evaluate.predict_logits under the auto setting: float32 logits, close to fp32's."""
     import numpy as np
+    from conftest import tiny_config
 
     from attrnet.data.batches import BatchLoader
     from attrnet.engine.evaluate import predict_logits
     from attrnet.models.build import build_model
-    from conftest import tiny_config
 
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8))
     labels = np.zeros((12, 2), dtype=np.float32)

@@ -9,8 +9,15 @@ import pytest
 
 from attrnet.data.awa2 import read_awa2
 from attrnet.data.clothing import BINARY, CLOTHING_NAMES, MULTICLASS, read_clothing
-from attrnet.data.groups import (AWA2_GROUPS, CELEBA_GROUPS, CLOTHING_GROUPS, PRESET_GROUPS,
-                                 group_index, resolve_groups, validate_groups)
+from attrnet.data.groups import (
+    AWA2_GROUPS,
+    CELEBA_GROUPS,
+    CLOTHING_GROUPS,
+    PRESET_GROUPS,
+    group_index,
+    resolve_groups,
+    validate_groups,
+)
 from attrnet.data.table import TEST, TRAIN, VAL
 from attrnet.errors import AttrnetError
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attrnet.config_rules import SEED8
 from attrnet.config import DataConfig
+from attrnet.config_rules import SEED8
 from attrnet.data.cache import decode_all
 from attrnet.data.formats import assign_partition, read_table
 

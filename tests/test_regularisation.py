@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import random_csv_rows, tiny_config, write_csv_folder
 
 from attrnet.data.augment import AUTO_AUGMENTS, auto_augment, color_jitter, cutmix, cutmix_box, random_affine
 from attrnet.engine.batch import prepare_batch
-from conftest import random_csv_rows, tiny_config, write_csv_folder
 
 NAN = float("nan")
 
@@ -208,8 +208,9 @@ def test_drop_path_on_mobilenet_v2_residual_branches():
 
 def test_drop_path_branch_drops_whole_images_at_its_rate():
     """One branch at p = 0.3 on 4,000 images: about 30% come out zero, the others scaled by 1 / 0.7."""
-    from attrnet.models.drop_path import add_drop_path
     from torchvision.models import resnet
+
+    from attrnet.models.drop_path import add_drop_path
 
     block = resnet.BasicBlock(4, 4)
     assert add_drop_path(block, 0.3) == 1
@@ -278,8 +279,8 @@ def test_select_last_and_fixed_thresholds(tmp_path):
     train.tune_thresholds=false every threshold is 0.5."""
     import csv as csvlib
 
-    from attrnet.inference.checkpoint import load_checkpoint
     from attrnet.engine.train import fit
+    from attrnet.inference.checkpoint import load_checkpoint
 
     data = write_csv_folder(tmp_path / "d", ["image", "A", "B"], random_csv_rows(24, ["A", "B"], seed=3))
     cfg = tiny_config(tmp_path / "c", data__root=data, data__format="csv", train__epochs=3, train__select="last",

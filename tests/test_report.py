@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from attrnet.metrics import attribute_metrics, group_metrics, majority_accuracy
-from attrnet.report import (cosine_similarity_matrix, epoch_axis, format_table, lr_axis, plot_attribute_accuracy,
-                            plot_heatmap, plot_training_curves, to_jsonable, training_curves_figure)
+from attrnet.report.jsonable import to_jsonable
+from attrnet.report.plots import (cosine_similarity_matrix, epoch_axis, lr_axis, plot_attribute_accuracy, plot_heatmap,
+                                  plot_training_curves, training_curves_figure)
+from attrnet.report.tables import format_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")

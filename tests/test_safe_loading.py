@@ -18,10 +18,11 @@ import torch
 
 from attrnet import model_file
 from attrnet.cli import main
-from attrnet.inference.checkpoint import KIND_LATENT_TASK, load_checkpoint, network_from_checkpoint
 from attrnet.config import config_from_dict
 from attrnet.errors import AttrnetError
+from attrnet.inference.checkpoint import load_checkpoint, network_from_checkpoint
 from attrnet.models.build import build_model
+from attrnet.models.factory import KIND_LATENT_TASK
 
 
 class Payload:

@@ -11,22 +11,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 
-import attrnet.engine.optim as optim_mod
 import attrnet.engine.batch as batch_mod
+import attrnet.engine.optim as optim_mod
 import attrnet.engine.train as train_mod
-from attrnet.precision import Precision
-from attrnet.config_rules import WEIGHTING_ARGS, WEIGHTINGS
 from attrnet.config import load_config
+from attrnet.config_rules import WEIGHTING_ARGS, WEIGHTINGS
 from attrnet.data.augment import mixup
 from attrnet.data.batches import BatchLoader
 from attrnet.errors import AttrnetError
 from attrnet.losses import attribute_bce, masked_bce
 from attrnet.models.build import build_model
+from attrnet.precision import Precision
 from attrnet.weighting import METHODS, hyper_parameters, make_weighting
 from attrnet.weighting.famo import FAMO
 from attrnet.weighting.solvers import convex_min, imtl_g_weights, pcgrad_coefficients
-from conftest import tiny_config
 
 NAN = float("nan")
 GRADIENT_METHODS = [n for n, cls in METHODS.items() if cls.needs_gradients]
@@ -567,8 +567,9 @@ def test_train_one_epoch_with_a_method(tmp_path, name, extra):
 def test_resume_continues_the_weighting_state(tmp_path, monkeypatch, name):
     """A run stopped after epoch 2 and resumed ends where the uninterrupted run ends: the method's own state
     (DWA's epoch losses, FAMO's logits, Adam state and last losses) travels in the checkpoint."""
-    from attrnet.inference.checkpoint import load_checkpoint
     from conftest import random_csv_rows, write_csv_folder
+
+    from attrnet.inference.checkpoint import load_checkpoint
     data = write_csv_folder(tmp_path / "data", ["image", "A", "B", "C"], random_csv_rows(16, ["A", "B", "C"], 4))
     cfg = tiny_config(tmp_path / "cache", data__root=data, data__format="csv", train__epochs=3,
                       train__max_steps_per_epoch=2, data__val_fraction=0.25, data__test_fraction=0.25,

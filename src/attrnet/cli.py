@@ -17,7 +17,7 @@ from attrnet.errors import AttrnetError
 def cmd_train(args, extra: list[str] | None = None) -> None:
     from attrnet.config import load_config
     from attrnet.engine.train import fit
-    from attrnet.report import format_table
+    from attrnet.report.tables import format_table
 
     if args.resume and args.overwrite:
         raise AttrnetError("--resume and --overwrite contradict each other: continue the run, or replace it")
@@ -56,31 +56,34 @@ def cmd_distill(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from attrnet import report
     from attrnet.engine.evaluate import evaluate_checkpoint
+    from attrnet.report.jsonable import to_jsonable
+    from attrnet.report.tables import format_subgroup_table, format_table
 
     if args.out:
         atomic.check_writable(args.out)
     result = evaluate_checkpoint(args.checkpoint, args.data, args.format, args.split, args.device, args.batch_size,
-                                 tta=args.tta, by=args.by)
-    print(report.format_table(result))
+                                 tta=args.tta, by=args.by, precision=args.precision)
+    print(format_table(result))
     if result.get("subgroups"):
-        print(report.format_subgroup_table(result["subgroups"]))
+        print(format_subgroup_table(result["subgroups"]))
     if result.get("skipped_unreadable"):
         print(f"skipped {result['skipped_unreadable']} unreadable image(s)")
     if args.out:
-        atomic.write_json(args.out, report.to_jsonable(result))
+        atomic.write_json(args.out, to_jsonable(result))
         print(f"wrote {args.out}")
 
 
 def cmd_predict(args) -> None:
     from attrnet.inference import load_model
-    from attrnet.predict import predict_to_file
+    from attrnet.predict import check_output, find_images, predict_to_file
 
     if args.out:
         atomic.check_writable(args.out)
-    predictor = load_model(args.checkpoint, args.device, args.tta, runtime=args.runtime)
-    n, bad, rows = predict_to_file(predictor, args.paths, args.out, args.batch_size)
+        check_output(args.out)
+    paths = find_images(args.paths)  # a missing image or folder is reported before the model is loaded
+    predictor = load_model(args.checkpoint, args.device, args.tta, precision=args.precision, runtime=args.runtime)
+    n, bad, rows = predict_to_file(predictor, paths, args.out, args.batch_size)
     if not args.out:
         names = predictor.attributes
         width = max(len(r["image"]) for r in rows) if rows else 5
@@ -111,7 +114,7 @@ def cmd_data(args) -> None:
 
 def cmd_demo(args) -> None:
     from attrnet.demo import run_demo
-    from attrnet.report import format_table
+    from attrnet.report.tables import format_table
 
     t0 = time.perf_counter()
     result, run_dir = run_demo(Path(args.out), args.device)
@@ -162,7 +165,7 @@ def cmd_serve(args) -> None:
     if warning:
         print(f"attrnet: warning: {warning}", file=sys.stderr)
     server.serve(args.model, host=args.host, port=args.port, runtime=args.runtime, device=args.device,
-                 settings=settings)
+                 settings=settings, precision=args.precision)
 
 
 def cmd_card(args) -> None:

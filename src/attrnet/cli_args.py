@@ -7,7 +7,7 @@ import argparse
 import os
 
 from attrnet import __version__
-from attrnet.config_rules import TTA_MODES
+from attrnet.config_rules import PRECISIONS, TTA_MODES
 
 
 def _count(minimum: int):
@@ -72,6 +72,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=_count(1), default=512)
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's model.tta)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (bf16 on a GPU or a CPU with native bf16, else fp32), bf16 or fp32 (the exported "
+                        "ONNX graph's arithmetic); the choice is logged")
     p.add_argument("--by", type=_names, help="comma-separated attributes of the data, e.g. Male,Young: every metric "
                                              "also for the images whose true label of each is 1 and is 0")
 
@@ -95,6 +98,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's model.tta)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="torch, or onnx: ONNX Runtime on the CPU (MODEL: an exported .onnx file; default torch)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (bf16 on a GPU or a CPU with native bf16, else fp32), bf16 or fp32 (the exported "
+                        "ONNX graph's arithmetic); the choice is logged")
 
 
 def _add_data(sub) -> None:
@@ -212,6 +218,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--port", type=_count(0), default=8000)
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (bf16 on a GPU or a CPU with native bf16, else fp32), bf16 or fp32 (the exported "
+                        "ONNX graph's arithmetic); the choice is logged")
     p.add_argument("--max-batch", type=_count(1), default=32, help="images per forward pass (default 32)")
     p.add_argument("--max-wait-ms", type=_amount(0), default=5.0,
                    help="how long a batch waits for more images once it has one (default 5)")

@@ -33,7 +33,7 @@ from attrnet.engine.run_folder import check_run_folder
 from attrnet.engine.setup import prepare_data
 from attrnet.engine.train import fit
 from attrnet.errors import AttrnetError
-from attrnet.report import _pyplot, _save
+from attrnet.report.plots import pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def _pm(mean: float, std: float, digits: int, signed: bool = False) -> str:
 
 
 def plot_comparison(rows: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     names = [r["method"] for r in rows]
     x = np.arange(len(rows))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(rows) + 4), 4))
@@ -239,4 +239,4 @@ def plot_comparison(rows: list[dict], path: Path) -> Path:
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=30, ha="right")
     fig.tight_layout()
-    return _save(fig, path)  # closes the figure
+    return save_figure(fig, path)  # closes the figure

@@ -17,7 +17,7 @@ Conventions used by every function here:
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, f1_score
@@ -29,9 +29,9 @@ METRIC_KEYS = ("accuracy", "balanced_accuracy", "f1", "average_precision")
 TUNABLE = ("accuracy", "balanced_accuracy", "f1")
 
 
-def nanmean(values: Sequence[float]) -> float:
+def nanmean(values: Iterable[float]) -> float:
     """Mean of the defined (non-NaN) values; NaN when there are none, without a warning."""
-    arr = np.asarray(values, dtype=float)
+    arr = np.asarray(list(values), dtype=float)
     arr = arr[~np.isnan(arr)]
     return float(arr.mean()) if arr.size else NAN
 

@@ -131,17 +131,23 @@ class _Pending:
         return self.paths, probs, self.bad
 
 
-def predict_to_file(model, inputs: list[str], out: str | Path | None,
+def check_output(out: str | Path | None) -> Path | None:
+    """The output file's path, or an error before anything is loaded: CSV or JSON, by its suffix."""
+    out = Path(out) if out else None
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise AttrnetError(f"--out must end in .csv or .json, got {out}")
+    return out
+
+
+def predict_to_file(model, paths: list[Path], out: str | Path | None,
                     batch_size: int = 256) -> tuple[int, list[Path], list[dict]]:
-    """Predict every image; write CSV (streamed) or JSON; returns (count, unreadable, rows if no file)."""
-    paths = find_images(inputs)
+    """Predict every image (find_images' list); write CSV (streamed) or JSON; returns (count, unreadable, rows if
+    no file)."""
     names = model.attributes
     rows: list[dict] = []
     bad_all: list[Path] = []
     n = 0
-    out = Path(out) if out else None
-    if out is not None and out.suffix.lower() not in (".csv", ".json"):
-        raise AttrnetError(f"--out must end in .csv or .json, got {out}")
+    out = check_output(out)
     use_csv = out is not None and out.suffix.lower() == ".csv"
     with atomic.atomic_path(out) if out else contextlib.nullcontext() as tmp:
         fh = open(tmp, "w", newline="") if use_csv else None

@@ -4,10 +4,14 @@ uniform average of the last epochs' weights (stochastic weight averaging, train.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import torch
 import torch.nn as nn
+
+from attrnet.inference.checkpoint import load_weights
 
 
 def _float_pairs(target: nn.Module, source: nn.Module):
@@ -95,3 +99,45 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], autoc
         m.momentum = momenta[m]
     model.train(was_training)
     return n
+
+
+@dataclass
+class Averages:
+    """The weight averages a run keeps: an EMA updated after every step (train.ema) and, over the last
+    train.swa_epochs epochs, SWA's mean of what validation scores. eval_model is what validation scores and
+    the model file holds: the EMA's weights when there is one."""
+
+    model: nn.Module
+    ema: WeightEMA | None = None
+    swa: WeightAverage | None = None
+
+    @classmethod
+    def for_config(cls, model: nn.Module, cfg) -> "Averages":
+        ema = make_ema(model, cfg.train.ema)
+        swa = WeightAverage(ema.module if ema is not None else model) if cfg.train.swa_epochs else None
+        return cls(model, ema, swa)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def after_step(self):
+        return self.ema.update if self.ema is not None else None
+
+    def end_of_epoch(self, epoch: int, cfg) -> None:
+        if self.swa is not None and epoch >= cfg.train.epochs - cfg.train.swa_epochs:
+            self.swa.add()
+
+    def state(self) -> dict:
+        return {"ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "swa_weights": self.swa.module.state_dict() if self.swa is not None else None,
+                "swa_count": self.swa.count if self.swa is not None else 0}
+
+    def load(self, ckpt: dict, where: Path) -> None:
+        """A resumed run's averages, as last.pt kept them."""
+        if self.ema is not None and ckpt.get("ema"):
+            load_weights(self.ema.module, ckpt["ema"], f"{where} (EMA)")
+        if self.swa is not None and ckpt.get("swa_weights"):
+            load_weights(self.swa.module, ckpt["swa_weights"], f"{where} (SWA)")
+            self.swa.count = int(ckpt["swa_count"])

@@ -13,7 +13,11 @@ from typing import Any
 import torch
 
 from attrnet import model_file
-from attrnet.inference.checkpoint import CHECKPOINT_VERSION, KIND_ATTRIBUTE_NET
+from attrnet.config import Config
+from attrnet.engine.averaging import Averages
+from attrnet.inference.checkpoint import CHECKPOINT_VERSION
+from attrnet.models.factory import KIND_ATTRIBUTE_NET
+from attrnet.preprocessing import IMAGENET_NORMALIZATION, Preprocessing
 
 # Kept in checkpoints/last.pt only: the optimizer's moments are twice the model's size and no one predicts with them.
 RESUME_ONLY = ("optimizer", "scheduler", "weighting", "swa_weights", "swa_count")
@@ -67,3 +71,20 @@ def _on_host(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_on_host(v) for v in obj)
     return obj
+
+
+def model_meta(cfg: Config, names: list[str], groups, normalization: dict | None = None) -> dict:
+    """What a checkpoint needs besides weights to rebuild and use the model on its own: the config, the
+    attributes and groups, and how the model reads an image (attrnet.preprocessing.Preprocessing, with the
+    network's own normalisation: {"mean", "std", "interpolation"} of its weights)."""
+    return dict(config=cfg.to_dict(), attributes=list(names), groups=groups,
+                preprocessing=Preprocessing.from_config(cfg.data, cfg.model, normalization or IMAGENET_NORMALIZATION).to_dict())
+
+
+def checkpoint_state(t, weighting, averages: Averages, epoch: int, history: list[dict],
+                     best_metric: float, cfg: Config, names: list[str], groups) -> dict:
+    """One checkpoint: the weights, what resuming needs (optimizer, schedule, weighting, averages, history) and
+    what using the model needs (model_meta), as torchvision's reference script keeps one dict."""
+    return dict(model=t.model.state_dict(), optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
+                epoch=epoch, history=history, best_metric=best_metric, weighting=weighting.state_dict(),
+                **averages.state(), **model_meta(cfg, names, groups, t.model.normalization))

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from attrnet import atomic, metrics, report
+from attrnet import atomic, metrics
 from attrnet.card import write_run_card
 from attrnet.config import Config, config_from_dict
 from attrnet.data.batches import BatchLoader
@@ -21,16 +21,14 @@ from attrnet.engine import distributed as ddp
 from attrnet.engine.checkpoint import save_checkpoint
 from attrnet.engine.setup import PreparedData, images_for_device, make_loader, prepare_data
 from attrnet.errors import AttrnetError
-from attrnet.inference.checkpoint import (
-    LOADED_ONLY,
-    load_checkpoint,
-    network_from_checkpoint,
-    preprocessing_of,
-    resolve_checkpoint,
-)
+from attrnet.inference.checkpoint import LOADED_ONLY, load_checkpoint, network_from_checkpoint, resolve_checkpoint
 from attrnet.inference.forward import Normalize, batch_logits, make_normalize
+from attrnet.inference.model import AttributeModel, resolve_precision
+from attrnet.inference.sources import info_from_checkpoint
 from attrnet.inference.tta import check_tta
 from attrnet.precision import Precision
+from attrnet.report import plots
+from attrnet.report.jsonable import to_jsonable
 
 
 @torch.no_grad()
@@ -60,24 +58,34 @@ def predict_probs(model: nn.Module, loader: BatchLoader, precision: Precision,
     return torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()
 
 
+def model_probs(model: AttributeModel, loader: BatchLoader, dist: ddp.DistInfo = ddp.DistInfo(),
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A loaded model's probabilities and the labels for every row of the loader: its own normalisation,
+    precision and test-time augmentation, as predict and serve apply them."""
+    return predict_probs(model.net, loader, model.precision, dist, progress, model.tta, model.normalize)
+
+
 def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | None = None,
                         split: str = "test", device: str = "auto", batch_size: int = 512,
-                        progress: bool = True, tta: str | None = None, by: list[str] | None = None) -> dict:
+                        progress: bool = True, tta: str | None = None, by: list[str] | None = None,
+                        precision: str = "auto") -> dict:
     """Metrics of a checkpoint on `split` of data_root (read in the run's format and attribute set).
 
     tta: none | flip | flip_shift overrides the run's test-time augmentation (None keeps it).
     by: attributes of the data (predicted or not) to split the images by: result["subgroups"] then holds every
     metric for the images whose true label of each is 1 and 0 (metrics.subgroup_metrics).
+    precision: auto | bf16 | fp32, as for predict (inference.AttributeModel).
     """
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
     dev = resolve_device(device)  # a missing GPU, like an unknown tta, is reported before any image is decoded
-    model = network_from_checkpoint(ckpt)
-    cfg: Config = config_from_dict(ckpt["config"], f"{ckpt_path} (config)")
-    tta = check_tta(tta if tta is not None else cfg.model.tta)
+    if tta is not None:
+        check_tta(tta)
+    info = info_from_checkpoint(ckpt)
+    cfg: Config = config_from_dict(info.config, f"{ckpt_path} (config)")
     data_cfg = dataclasses.replace(cfg.data, root=data_root or cfg.data.root,
                                    format=data_format or cfg.data.format)
-    names = list(ckpt["attributes"])
+    names = info.attributes
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(data_cfg, attributes=None))
     # the attribute check reads the labels only: a wrong data set is reported before any image is decoded
     available = read_table(cfg.data, check_files=False).names
@@ -89,27 +97,21 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
     if unknown_by:
         raise AttrnetError(f"--by {', '.join(unknown_by)}: {data_cfg.root} has no such attribute; "
                            f"choose from {', '.join(available)}")
+    model = AttributeModel(network_from_checkpoint(ckpt), info, dev, resolve_precision(precision, dev, info), tta)
     data = prepare_data(cfg, progress=progress)
     by_labels = data.table.select(by).labels if by else None
     data.table = data.table.select(names)
-    if data.groups is None and ckpt.get("groups"):
-        data.groups = ckpt["groups"]
+    if data.groups is None and info.groups:
+        data.groups = info.groups
     idx = data.indices(split)
     if len(idx) == 0:
         raise AttrnetError(f"split {split!r} of {data_cfg.root} is empty; try --split all")
-    model = model.to(dev)
-    precision = Precision.from_config(cfg, dev)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    images = images_for_device(data.decoded, dev, cfg.data.cache_on_device)
-    pre = preprocessing_of(ckpt)
-    normalize = make_normalize(pre.normalization, pre.channels).to(dev)
-    probs, labels = predict_probs(model, make_loader(images, data, idx, batch_size, dev, False), precision,
-                                  progress=progress, tta=tta, normalize=normalize)
-    thresholds = np.asarray(ckpt.get("thresholds") or [0.5] * len(names))
+    images = images_for_device(data.decoded, model.device, cfg.data.cache_on_device)
+    probs, labels = model_probs(model, make_loader(images, data, idx, batch_size, model.device, False), progress=progress)
+    thresholds = model.thresholds
     result = evaluation_report(probs, labels, names, thresholds, data.groups)
-    result.update(split=split, checkpoint=str(ckpt_path), data=str(data_cfg.root), tta=tta,
-                  skipped_unreadable=int(data.decoded.n_bad))
+    result.update(split=split, checkpoint=str(ckpt_path), data=str(data_cfg.root), tta=model.tta,
+                  precision=model.precision.describe(), skipped_unreadable=int(data.decoded.n_bad))
     if by:
         result["subgroups"] = metrics.subgroup_metrics(probs, labels, names, thresholds, by_labels[idx], by)
     return result
@@ -117,23 +119,19 @@ def evaluate_checkpoint(path, data_root: str | None = None, data_format: str | N
 
 def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, precision, dist, history) -> dict:
     """Load best.pt, choose per-attribute thresholds (train.tune_thresholds: tuned on val, 0.5, or the training
-    positive rates), evaluate on test, write JSON
-    and plots."""
+    positive rates), evaluate on test through the model as inference loads it, write JSON and plots."""
     names = data.table.names
     val_idx, test_idx = data.indices("val"), data.indices("test")
     best_path = run_dir / "checkpoints" / "best.pt"
     ddp.barrier(dist)
     ckpt = load_checkpoint(best_path)
-    model = network_from_checkpoint(ckpt).to(device)
-    pre = preprocessing_of(ckpt)
-    normalize = make_normalize(pre.normalization, pre.channels).to(device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = AttributeModel(network_from_checkpoint(ckpt), info_from_checkpoint(ckpt), device, precision,
+                           cfg.model.tta)
 
     def score(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         loader = make_loader(images, data, idx, cfg.train.batch_size * 2, device, False, rank=dist.rank,
                              world_size=dist.world_size)
-        return predict_probs(model, loader, precision, dist, tta=cfg.model.tta, normalize=normalize)
+        return model_probs(model, loader, dist)
 
     thresholds = np.full(len(names), 0.5)
     if cfg.train.tune_thresholds == "prior":
@@ -147,11 +145,11 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, images, device, preci
     if dist.is_main:
         ckpt["thresholds"] = thresholds.tolist()
         save_checkpoint(best_path, **{k: v for k, v in ckpt.items() if k not in LOADED_ONLY})
-        atomic.write_json(run_dir / "metrics.json", report.to_jsonable(result))
+        atomic.write_json(run_dir / "metrics.json", to_jsonable(result))
         write_run_card(ckpt, run_dir)  # MODEL_CARD.md: from the checkpoint and the metrics just written
-        report.plot_attribute_accuracy(result, run_dir / "plots" / "attribute_accuracy.png",
+        plots.plot_attribute_accuracy(result, run_dir / "plots" / "attribute_accuracy.png",
                                        title=f"{result['split']} split, mean accuracy {result['mean_accuracy']:.3f}")
-        report.plot_training_curves(history, run_dir / "plots" / "training_curves.png")
+        plots.plot_training_curves(history, run_dir / "plots" / "training_curves.png")
     return result
 
 

@@ -20,15 +20,15 @@ from attrnet.data.batches import BatchLoader
 from attrnet.data.groups import group_index
 from attrnet.device import resolve_device
 from attrnet.engine import distributed as ddp
-from attrnet.engine.averaging import WeightAverage, make_ema, recompute_batchnorm
+from attrnet.engine.averaging import Averages, WeightAverage, recompute_batchnorm
 from attrnet.engine.batch import mixup_rng, prepare_batch
+from attrnet.engine.checkpoint import RESUME_ONLY, CheckpointWriter, checkpoint_state, save_checkpoint
 from attrnet.engine.distill import distillation_targets
-from attrnet.engine.checkpoint import RESUME_ONLY, CheckpointWriter, save_checkpoint
 from attrnet.engine.evaluate import finish, predict_logits
 from attrnet.engine.optim import build_optimizer, build_scheduler, compute_pos_weight
 from attrnet.engine.run_folder import check_run_folder, start_run_folder
 from attrnet.engine.setup import PreparedData, first_epoch_order, loader_images, make_loader, prepare_data
-from attrnet.engine.warmup import start_backward_warmup
+from attrnet.engine.warmup import BackboneFreezing
 from attrnet.errors import AttrnetError
 from attrnet.inference.checkpoint import LOADED_ONLY, load_checkpoint, load_weights
 from attrnet.inference.forward import make_normalize
@@ -36,7 +36,6 @@ from attrnet.losses import attribute_bce, masked_bce
 from attrnet.models.build import build_model
 from attrnet.mtl.prox import group_ids
 from attrnet.precision import Precision
-from attrnet.preprocessing import IMAGENET_NORMALIZATION, Preprocessing
 from attrnet.weighting import Weighting, cut, make_weighting
 
 log = logging.getLogger(__name__)
@@ -164,75 +163,48 @@ def fit(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool =
 
 def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, device: torch.device, resume: bool,
          progress: bool, overwrite: bool) -> dict | None:
-    ckpt_dir = run_dir / "checkpoints"
+    """The epoch loop, as torchvision's reference script has it: set up, maybe resume, then per epoch train,
+    validate and write the checkpoints; at the end, the averaged weights and the test figures."""
     cfg = with_resolved_precision(cfg, Precision.from_config(cfg, device), dist)
     if dist.is_main:
         start_run_folder(run_dir, cfg, overwrite=overwrite and not resume)
-    names = data.table.names
-    train_idx = data.indices("train")
+    names, train_idx = data.table.names, data.indices("train")
     if len(train_idx) == 0:
         raise AttrnetError(f"{data.table.source}: the training split is empty")
     images, train_loader, val_loader = _loaders(cfg, data, device, dist)
     steps = min(len(train_loader), cfg.train.max_steps_per_epoch or len(train_loader))
     t = make_training(cfg, len(names), device, dist, steps)
-    model, optimizer, scheduler, precision = t.model, t.optimizer, t.scheduler, t.precision
-    pos_weight = compute_pos_weight(data.table.labels[train_idx]).to(device) if cfg.train.pos_weight else None
     weighting = make_weighting_for(cfg, len(names), device, dist)
-
-    last_path = ckpt_dir / "last.pt"
-    ckpt = _resumed(last_path, t, weighting, names) if resume else None
+    averages = Averages.for_config(t.model, cfg)
+    ckpt_dir, last_path = run_dir / "checkpoints", run_dir / "checkpoints" / "last.pt"
+    ckpt = _resumed(last_path, t, weighting, averages, names) if resume else None
     start_epoch, history, best = (ckpt["epoch"] + 1, ckpt["history"], ckpt["best_metric"]) if ckpt else (0, [], -1.0)
-    ema = make_ema(model, cfg.train.ema)
-    if ema is not None and ckpt and ckpt.get("ema"):
-        load_weights(ema.module, ckpt["ema"], f"{last_path} (EMA)")
-    eval_model = ema.module if ema is not None else model
-    swa = WeightAverage(eval_model) if cfg.train.swa_epochs else None  # averages what validation scores
-    if swa is not None and ckpt and ckpt.get("swa_weights"):
-        load_weights(swa.module, ckpt["swa_weights"], f"{last_path} (SWA)")
-        swa.count = int(ckpt["swa_count"])
+    pos_weight = compute_pos_weight(data.table.labels[train_idx]).to(device) if cfg.train.pos_weight else None
     n_known = int(np.isfinite(data.table.labels[train_idx]).sum())
-    after_step = chain(proximal_step_fn(model, cfg, data.groups, names, scheduler, n_known),
-                       ema.update if ema is not None else None)
+    after_step = chain(proximal_step_fn(t.model, cfg, data.groups, names, t.scheduler, n_known), averages.after_step)
     # validation normalises as training does: with the backbone's weights' statistics
-    val_normalize = make_normalize(model.normalization, 1 if cfg.data.grayscale else 3).to(device)
-    freeze_epochs = cfg.train.freeze_backbone_epochs
-    if freeze_epochs and dist.enabled:  # DDP's reducer expects a gradient for every tensor it was built with
-        raise AttrnetError("train.freeze_backbone_epochs is not supported in a distributed (torchrun) run yet; "
-                           "set it to 0 (train.backbone_lr_scale still gives the backbone a lower lr)")
-    warmup = None
-    if freeze_epochs > start_epoch and device.type == "cuda":  # the unfrozen backward's kernels, made meanwhile
-        warmup = start_backward_warmup(model, (cfg.train.batch_size, 1 if cfg.data.grayscale else 3,
-                                               *cfg.image_hw()), precision, device)
+    val_normalize = make_normalize(t.model.normalization, 1 if cfg.data.grayscale else 3).to(device)
+    freezing = BackboneFreezing(t, cfg, start_epoch, device, dist)
     writer = CheckpointWriter()  # the next epoch trains while the disk takes this one's checkpoints
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
-            if freeze_epochs:
-                if warmup is not None and epoch >= freeze_epochs:
-                    warmup.join()
-                    warmup = None
-                model.freeze_backbone(epoch < freeze_epochs)
+            freezing.before(epoch)
             t0 = time.perf_counter()
-            train_loss = train_one_epoch(t.step_model, train_loader, optimizer, scheduler, cfg, precision, epoch,
+            train_loss = train_one_epoch(t.step_model, train_loader, t.optimizer, t.scheduler, cfg, t.precision, epoch,
                                          pos_weight, dist, progress, after_step, weighting)
             if data.decoding:  # the first epoch overlapped the decoding: finish it, then read the cache
                 data.finish_decoding()
                 images, train_loader, val_loader = _loaders(cfg, data, device, dist)
-            if swa is not None and epoch >= cfg.train.epochs - cfg.train.swa_epochs:
-                swa.add()
+            averages.end_of_epoch(epoch, cfg)
             seconds = time.perf_counter() - t0
-            row = {"epoch": epoch + 1, "train/loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
+            row = {"epoch": epoch + 1, "train/loss": round(train_loss, 6), "lr": t.scheduler.get_last_lr()[0],
                    "seconds": round(seconds, 2), "train/images_per_s": round(steps * cfg.train.batch_size / seconds, 1)}
-            row.update(_validation_row(eval_model, val_loader, precision, dist, cfg, val_normalize, names))
+            row.update(_validation_row(averages.eval_model, val_loader, t.precision, dist, cfg, val_normalize, names))
             history.append(row)
             score = row.get("val/mean_accuracy", -train_loss)
             if dist.is_main:
-                state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), epoch=epoch, history=history,
-                             best_metric=max(best, score), ema=ema.module.state_dict() if ema is not None else None,
-                             weighting=weighting.state_dict(),
-                             swa_weights=swa.module.state_dict() if swa is not None else None,
-                             swa_count=swa.count if swa is not None else 0,
-                             **model_meta(cfg, names, data.groups, model.normalization))
+                state = checkpoint_state(t, weighting, averages, epoch, history, max(best, score), cfg, names,
+                                         data.groups)
                 # the model file: the best epoch on validation, or the latest (train.select); what resuming alone
                 # needs stays in last.pt (a third the size)
                 if score > best or cfg.train.select == "last":
@@ -240,21 +212,23 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
                 writer.save(last_path, **state)  # last: written after best, so resume never skips a best
                 _write_history(run_dir, history)
                 log.info("epoch %d/%d  loss %.4f  val acc %s  %.1fs  %.0f img/s", epoch + 1, cfg.train.epochs,
-                         train_loss, _val_text(row), seconds,
-                         row["train/images_per_s"])
+                         train_loss, _val_text(row), seconds, row["train/images_per_s"])
             best = max(best, score)
             ddp.barrier(dist)
     finally:
         writer.close()  # every checkpoint on disk before anything reads one, or the run stops
-    if swa is not None:
-        _finish_averaging(swa, train_loader, val_loader, val_normalize, precision, dist, cfg, names, ckpt_dir)
-    result = finish(cfg, run_dir, data, images, device, precision, dist, history)
+    if averages.swa is not None:
+        _finish_averaging(averages.swa, train_loader, val_loader, val_normalize, t.precision, dist, cfg, names,
+                          ckpt_dir)
+    result = finish(cfg, run_dir, data, images, device, t.precision, dist, history)
     ddp.shutdown(dist)
     return result if dist.is_main else None
 
 
-def _resumed(last_path: Path, t: "Training", weighting: Weighting, names: list[str]) -> dict | None:
-    """last.pt's state loaded into the model, optimizer, schedule and weighting (None: nothing to resume)."""
+def _resumed(last_path: Path, t: "Training", weighting: Weighting, averages: Averages,
+             names: list[str]) -> dict | None:
+    """last.pt's state loaded into the model, optimizer, schedule, weighting and averages (None: nothing to
+    resume)."""
     if not last_path.is_file():
         log.warning("--resume: no %s yet, starting from scratch", last_path)
         return None
@@ -268,6 +242,7 @@ def _resumed(last_path: Path, t: "Training", weighting: Weighting, names: list[s
         raise AttrnetError(f"{last_path}: its optimizer state does not fit this run ({exc})") from None
     if ckpt.get("weighting"):  # the weighting's own state (none for equal weighting)
         weighting.load_state_dict(ckpt["weighting"])
+    averages.load(ckpt, last_path)
     log.info("resumed from %s at epoch %d", last_path, ckpt["epoch"] + 2)
     return ckpt
 
@@ -371,14 +346,6 @@ def proximal_step_fn(model: nn.Module, cfg: Config, groups, names: list[str], sc
         head.set_groups(group_ids(group_index(groups, names), len(names)))
     mu, gamma = cfg.mtl.mu / max(1, n_known), cfg.mtl.gamma / max(1, n_known)
     return lambda: head.proximal_step(scheduler.get_last_lr()[0], mu, gamma)
-
-
-def model_meta(cfg: Config, names: list[str], groups, normalization: dict | None = None) -> dict:
-    """What a checkpoint needs besides weights to rebuild and use the model on its own: the config, the
-    attributes and groups, and how the model reads an image (attrnet.preprocessing.Preprocessing, with the
-    network's own normalisation: {"mean", "std", "interpolation"} of its weights)."""
-    return dict(config=cfg.to_dict(), attributes=list(names), groups=groups,
-                preprocessing=Preprocessing.from_config(cfg.data, cfg.model, normalization or IMAGENET_NORMALIZATION).to_dict())
 
 
 def check_attributes(ckpt: dict, names: list[str], where) -> None:

@@ -20,6 +20,8 @@ import time
 import torch
 import torch.nn as nn
 
+from attrnet.errors import AttrnetError
+
 log = logging.getLogger(__name__)
 
 
@@ -68,3 +70,27 @@ def start_backward_warmup(model: nn.Module, batch_shape: tuple[int, ...], precis
     thread = threading.Thread(target=run, name="attrnet-backward-warmup", daemon=True)
     thread.start()
     return thread
+
+
+class BackboneFreezing:
+    """train.freeze_backbone_epochs: the backbone frozen for the first epochs; on a GPU, the unfrozen backward
+    pass's kernels are prepared in a background thread meanwhile (engine.warmup), so the first unfrozen epoch
+    does not pay for them."""
+
+    def __init__(self, t, cfg, start_epoch: int, device: torch.device, dist):
+        self.model, self.epochs = t.model, cfg.train.freeze_backbone_epochs
+        if self.epochs and dist.enabled:  # DDP's reducer expects a gradient for every tensor it was built with
+            raise AttrnetError("train.freeze_backbone_epochs is not supported in a distributed (torchrun) run yet; "
+                               "set it to 0 (train.backbone_lr_scale still gives the backbone a lower lr)")
+        self.warmup = None
+        if self.epochs > start_epoch and device.type == "cuda":
+            self.warmup = start_backward_warmup(t.model, (cfg.train.batch_size, 1 if cfg.data.grayscale else 3,
+                                                          *cfg.image_hw()), t.precision, device)
+
+    def before(self, epoch: int) -> None:
+        if not self.epochs:
+            return
+        if self.warmup is not None and epoch >= self.epochs:
+            self.warmup.join()
+            self.warmup = None
+        self.model.freeze_backbone(epoch < self.epochs)

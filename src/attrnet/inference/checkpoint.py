@@ -7,7 +7,6 @@ model on CNN features (mtl_model.pt), whose CNN(s) are found beside it in its ru
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch.nn as nn
@@ -15,14 +14,11 @@ import torch.nn as nn
 from attrnet import model_file
 from attrnet.config import Config, config_from_dict
 from attrnet.errors import AttrnetError
-from attrnet.models.build import build_model
-from attrnet.models.latent import LatentTaskNet, latent_weights
+from attrnet.models.factory import KIND_ATTRIBUTE_NET, KIND_LATENT_TASK, KINDS, create_network
+from attrnet.models.latent import latent_weights
 from attrnet.preprocessing import Preprocessing
 
 CHECKPOINT_VERSION = 2                # 2: weights-only (plain types), with `kind`
-KIND_ATTRIBUTE_NET = "attribute_net"  # attrnet.models.build.AttributeNet (checkpoints/best.pt, last.pt)
-KIND_LATENT_TASK = "latent_task"      # the paper's model on CNN features (mtl_model.pt)
-KINDS = (KIND_ATTRIBUTE_NET, KIND_LATENT_TASK)
 LOADED_ONLY = ("version", "path", "run_dir")  # added by load_checkpoint, not stored
 MTL_MODEL_FILE = "mtl_model.pt"
 
@@ -87,25 +83,22 @@ def checkpoint_config(ckpt: dict) -> Config:
 
 def network_from_checkpoint(ckpt: dict) -> nn.Module:
     """The checkpoint's network in eval mode (normalised images -> logits [B, M]), with the weights to
-    predict with; built without downloading pretrained weights (the checkpoint holds the trained ones)."""
-    if ckpt.get("kind") == KIND_LATENT_TASK:
-        return _latent_task_net(ckpt)
-
+    predict with: the architecture from models.factory.create_network (nothing is downloaded), then the
+    checkpoint's weights (for the paper's model, its CNNs' from its run folder, and W = L S)."""
     cfg = checkpoint_config(ckpt)
-    cfg.model.pretrained = False
-    model = build_model(cfg.model, len(ckpt["attributes"]), preprocessing_of(ckpt).channels)
-    load_weights(model, inference_state(ckpt), ckpt.get("path", "checkpoint"))
-    return model.eval()
+    features = ckpt.get("features", "shared")
+    net = create_network(ckpt["kind"], cfg.model, len(ckpt["attributes"]), preprocessing_of(ckpt).channels, features)
+    state = inference_state(ckpt) if ckpt["kind"] == KIND_ATTRIBUTE_NET else _latent_task_state(ckpt, features)
+    load_weights(net, state, ckpt.get("path", "checkpoint"))
+    return net.eval()
 
 
-def _latent_task_net(ckpt: dict) -> nn.Module:
-    """The paper's model of an MTL run: its CNN(s) (cnn/checkpoints/best.pt for shared features,
-    feature_cnns.pt for one CNN per attribute), the feature standardisation and W = L S."""
-
+def _latent_task_state(ckpt: dict, features: str) -> dict:
+    """The paper's model of an MTL run as one state dict: its CNN(s) (cnn/checkpoints/best.pt for shared
+    features, feature_cnns.pt for one CNN per attribute), the feature standardisation and W = L S."""
     run = Path(ckpt["run_dir"])
-    cfg = checkpoint_config(ckpt)
-    if ckpt.get("features") == "shared":
-        cnns = [network_from_checkpoint(load_checkpoint(run / "cnn" / "checkpoints" / "best.pt"))]
+    if features == "shared":
+        cnns = [inference_state(load_checkpoint(run / "cnn" / "checkpoints" / "best.pt"))]
     else:
         path = run / "feature_cnns.pt"
         if not path.is_file():
@@ -115,14 +108,12 @@ def _latent_task_net(ckpt: dict) -> nn.Module:
         stacked = saved.get("stacked_state") if isinstance(saved, dict) else None
         if not isinstance(stacked, dict):
             raise AttrnetError(f"{path}: not an attrnet feature-CNN file (no stacked_state)")
-        model_cfg = dataclasses.replace(cfg.model, pretrained=False)
-        cnns = []
-        for m in range(len(ckpt["attributes"])):
-            cnn = build_model(model_cfg, 1, preprocessing_of(ckpt).channels)
-            load_weights(cnn, {k: v[m] for k, v in stacked.items()}, f"{path} (CNN {m})")
-            cnns.append(cnn)
+        cnns = [{k: v[m] for k, v in stacked.items()} for m in range(len(ckpt["attributes"]))]
     try:
-        W = latent_weights(ckpt["L"], ckpt["S"])
-        return LatentTaskNet(cnns, ckpt["feature_mean"], ckpt["feature_std"], W, ckpt["b"]).eval()
+        state = {"mean": ckpt["feature_mean"], "std": ckpt["feature_std"], "W": latent_weights(ckpt["L"], ckpt["S"]),
+                 "b": ckpt["b"]}
     except (KeyError, RuntimeError) as exc:
         raise AttrnetError(f"{ckpt.get('path')}: not a complete latent-task model ({exc})") from None
+    for m, cnn in enumerate(cnns):
+        state.update({f"cnns.{m}.{k}": v for k, v in cnn.items()})
+    return state

@@ -23,5 +23,8 @@ def load_model(source: str | Path, device: str = "auto", tta: str | None = None,
     if runtime not in RUNTIMES:
         raise AttrnetError(f"unknown runtime {runtime!r}; use {' or '.join(RUNTIMES)}")
     if runtime == "onnx" or str(source).endswith(".onnx"):
+        if precision not in ("auto", "fp32"):
+            raise AttrnetError(f"precision {precision}: an exported ONNX graph computes in fp32 (use the run folder "
+                               f"with the torch runtime for bf16)")
         return OnnxAttributeModel.load(source, tta=tta)
     return AttributeModel.load(source, device=device, tta=tta, precision=precision)

@@ -10,6 +10,7 @@ Runtime model.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,17 @@ from attrnet.inference.tta import check_tta
 from attrnet.precision import Precision
 
 __all__ = ["AttributeModel", "Prediction"]
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(precision: str, device: torch.device, info: ModelInfo) -> Precision:
+    """auto | bf16 | fp32 for this device and model (attrnet.precision's rule), the choice logged."""
+    try:
+        chosen = Precision.resolve(precision, "auto", device, image_hw=info.image_size)
+    except ValueError as exc:  # a bad precision name or ATTRNET_CPU_BF16 value
+        raise AttrnetError(str(exc)) from None
+    log.info("model %s on %s: %s (%s)", info.source, device, chosen.describe(), chosen.reason)
+    return chosen
 
 
 class AttributeModel(Predictor):
@@ -50,11 +62,7 @@ class AttributeModel(Predictor):
         tta: none | flip | flip_shift (None keeps the run's). precision: auto | bf16 | fp32."""
         dev = resolve_device(device)  # before reading: a missing GPU is reported first
         net, info = read_model(source)
-        try:
-            chosen = Precision.resolve(precision, "auto", dev, image_hw=info.image_size)
-        except ValueError as exc:  # a bad precision name or ATTRNET_CPU_BF16 value
-            raise AttrnetError(str(exc)) from None
-        return cls(net, info, dev, chosen, tta)
+        return cls(net, info, dev, resolve_precision(precision, dev, info), tta)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """float32 logits [B, M] of a uint8 batch [B, C, H, W] already at the model's size."""

@@ -9,22 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn as nn
-from safetensors import safe_open
 from safetensors.torch import load_model
 
 from attrnet.config import config_from_dict
 from attrnet.errors import AttrnetError
-from attrnet.inference.checkpoint import (
-    KIND_ATTRIBUTE_NET,
-    KIND_LATENT_TASK,
-    checkpoint_config,
-    load_checkpoint,
-    network_from_checkpoint,
-)
-from attrnet.models.build import build_model
-from attrnet.models.latent import LatentTaskNet
+from attrnet.inference.checkpoint import checkpoint_config, load_checkpoint, network_from_checkpoint
+from attrnet.models.factory import KIND_LATENT_TASK, create_network
 from attrnet.preprocessing import Preprocessing
 
 HUB_CONFIG = "config.json"
@@ -142,31 +133,10 @@ def read_hub_folder(folder: Path) -> tuple[nn.Module, ModelInfo]:
 
 
 def _empty_network(info: ModelInfo, weights: Path) -> nn.Module:
-    """The architecture info describes, with placeholder weights of the stored shapes."""
-
+    """The architecture info describes (models.factory), its weights to be loaded from `weights`."""
     cfg = config_from_dict(info.config, f"{weights.parent / HUB_CONFIG} (config)")
-    cfg.model.pretrained = False
-    channels, m = 1 if info.grayscale else 3, len(info.attributes)
-    if info.kind == KIND_ATTRIBUTE_NET:
-        return build_model(cfg.model, m, channels)
-    if info.kind != KIND_LATENT_TASK:
-        raise AttrnetError(f"{weights.parent}: unknown kind of model {info.kind!r}")
-
-    shared = info.latent.get("features", "shared") == "shared"
-    cnns = [build_model(cfg.model, m if shared else 1, channels) for _ in range(1 if shared else m)]
-    shapes = _stored_shapes(weights)
-    zeros = {k: torch.zeros(shapes[k]) for k in ("mean", "std", "W", "b") if k in shapes}
-    if len(zeros) != 4:
-        raise AttrnetError(f"{weights}: not a latent-task model's weights (no mean, std, W, b)")
-    return LatentTaskNet(cnns, zeros["mean"], zeros["std"], zeros["W"], zeros["b"])
-
-
-def _stored_shapes(path: Path) -> dict[str, list[int]]:
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise AttrnetError(f"{path}: not a readable safetensors file ({exc})") from None
+    return create_network(info.kind, cfg.model, len(info.attributes), info.preprocessing.channels,
+                          info.latent.get("features", "shared"))
 
 
 def _load_safetensors(net: nn.Module, path: Path) -> None:

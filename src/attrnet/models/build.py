@@ -62,4 +62,6 @@ def build_model(model_cfg, num_attributes: int, in_chans: int) -> AttributeNet:
         heads = AttributeHeads(width, num_attributes, model_cfg.head_hidden)
     else:
         raise AttrnetError(f"unknown model.head {model_cfg.head!r}; valid: independent, latent")
-    return AttributeNet(backbone, trunk, heads, model_cfg.dropout)
+    model = AttributeNet(backbone, trunk, heads, model_cfg.dropout)
+    model.num_features = width  # what the heads read (LatentTaskNet's feature standardisation is this wide)
+    return model

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrnet import atomic, metrics, model_file, report
+from attrnet import atomic, metrics, model_file
 from attrnet.config import Config
 from attrnet.data.groups import group_index, validate_groups
 from attrnet.device import resolve_device
@@ -39,9 +39,14 @@ from attrnet.engine.evaluate import evaluation_report
 from attrnet.engine.run_folder import check_run_folder, start_run_folder
 from attrnet.engine.setup import PreparedData, prepare_data
 from attrnet.errors import AttrnetError
-from attrnet.inference.checkpoint import CHECKPOINT_VERSION, KIND_LATENT_TASK
+from attrnet.inference.checkpoint import CHECKPOINT_VERSION
+from attrnet.models.backbones import weights_normalization
+from attrnet.models.factory import KIND_LATENT_TASK
 from attrnet.mtl.solver import MTLProblem, MTLResult, decision_function, fit_independent, fit_mtl
 from attrnet.paper.features import FeatureSet, compute_features
+from attrnet.preprocessing import Preprocessing
+from attrnet.report import plots
+from attrnet.report.jsonable import to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -328,14 +333,14 @@ def write_plots(outcome: Outcome, names: list[str], plot_dir: Path) -> dict[str,
     W = (outcome.solver.L @ outcome.solver.S).detach().cpu().numpy()
     groups = outcome.groups
     paths = {
-        "latent_S": report.plot_heatmap(S, [f"task {k + 1}" for k in range(S.shape[0])], names,
+        "latent_S": plots.plot_heatmap(S, [f"task {k + 1}" for k in range(S.shape[0])], names,
                                         plot_dir / "latent_S.png", col_groups=groups, symmetric=True,
                                         title="S: how each attribute combines the latent tasks"),
-        "attribute_sharing": report.plot_heatmap(report.cosine_similarity_matrix(W), names, names,
+        "attribute_sharing": plots.plot_heatmap(plots.cosine_similarity_matrix(W), names, names,
                                                  plot_dir / "attribute_sharing.png", col_groups=groups,
                                                  symmetric=True,
                                                  title="sharing: cosine similarity of w_m = L s^m"),
-        "attribute_accuracy": report.plot_attribute_accuracy(
+        "attribute_accuracy": plots.plot_attribute_accuracy(
             outcome.result, plot_dir / "attribute_accuracy.png",
             title=f"MTL, {outcome.result['split']} split, mean accuracy {outcome.result['mean_accuracy']:.3f}"),
     }
@@ -377,7 +382,9 @@ def run_mtl(cfg: Config, run_dir: str | Path, progress: bool = True, data: Prepa
         "thresholds": outcome.thresholds.tolist(), "hyper": outcome.hyper, "config": cfg.to_dict(),
         "independent_W": outcome.independent[0].detach().cpu().float(),
         "independent_b": outcome.independent[1].detach().cpu().float(),
-        "image_size": list(cfg.image_hw()), "grayscale": cfg.data.grayscale, "resize": cfg.data.resize})
+        # the CNNs' input: as they were trained, with their weights' normalisation
+        "preprocessing": Preprocessing.from_config(cfg.data, cfg.model, weights_normalization(
+            cfg.model.backbone, cfg.model.pretrained)).to_dict()})
     t_write = time.perf_counter() - t0
 
     timings = {"data": t_data, "features": t_feat, **outcome.timings, "outputs": t_write}
@@ -397,7 +404,7 @@ def run_mtl(cfg: Config, run_dir: str | Path, progress: bool = True, data: Prepa
         features={"mode": feats.mode, "dim": feats.dim, "checkpoint": feats.checkpoint, "cached": feats.cached,
                   **{k: v for k, v in feats.info.items() if k != "history"}},
         hyper_search=outcome.search, plots=plots, attribute_groups=outcome.groups)
-    atomic.write_json(run_dir / "metrics.json", report.to_jsonable(result))
+    atomic.write_json(run_dir / "metrics.json", to_jsonable(result))
     log.info("MTL mean accuracy %.4f (independent %.4f%s) on %s", result["mean_accuracy"],
              outcome.baselines["independent"]["mean_accuracy"],
              f", shared heads {outcome.baselines['shared_heads']['mean_accuracy']:.4f}"

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrnet import atomic, model_file, report
+from attrnet import atomic, model_file
 from attrnet.config import Config
 from attrnet.device import resolve_device
 from attrnet.engine.evaluate import predict_probs
@@ -55,6 +55,7 @@ from attrnet.paper.table import (
     summarize,
 )
 from attrnet.precision import Precision
+from attrnet.report.jsonable import to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def run_paper_table(cfg: Config, out: str | Path, splits: list[int], rows: list[
               "per_split": per_split, "summary": summary, "paper": PAPER_TABLE, "seconds": seconds,
               "config": cfg.to_dict(), "groups": PAPER_GROUPS}
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out / "table.json", report.to_jsonable(result))
+    atomic.write_json(out / "table.json", to_jsonable(result))
     atomic.write_text(out / "table.md", table_markdown(summary, splits))
     return result
 

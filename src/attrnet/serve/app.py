@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from attrnet.data.images import decode_image_bytes, resize_image
 from attrnet.errors import AttrnetError
 from attrnet.inference.predictor import Predictor
-from attrnet.report import to_jsonable
+from attrnet.report.jsonable import to_jsonable
 from attrnet.serve.batching import Batcher
 from attrnet.serve.settings import ServeSettings
 from attrnet.serve.telemetry import MetricsMiddleware, ServerMetrics

@@ -44,7 +44,7 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def serve(source: str, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch", device: str = "auto",
-          settings: ServeSettings | None = None, log_level: str = "info") -> None:
+          settings: ServeSettings | None = None, log_level: str = "info", precision: str = "auto") -> None:
     """Load the model at `source` and serve it until interrupted (blocks)."""
     try:
         import fastapi  # noqa: F401
@@ -61,7 +61,7 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, runtime: str =
     # a malformed body is the client's error, answered with a 4xx: not worth a warning in the server's log each time
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
     check_port_free(host, port)
-    model = load_model(source, device=device, runtime=runtime)
+    model = load_model(source, device=device, runtime=runtime, precision=precision)
     app = create_app(model, settings)
     log.info("serving %d attributes of %s (%s runtime) on http://%s:%d/", len(model.attributes), source,
              model.runtime, host if ":" not in host else f"[{host}]", port)

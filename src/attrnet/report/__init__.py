@@ -1,0 +1,2 @@
+"""Turning metrics into what people read: JSON values (jsonable), text tables (tables) and PNG figures (plots);
+every file is written atomically."""
