@@ -272,7 +272,7 @@ CASES = [
     ("checkpoint-missing", lambda w, t: ["evaluate", t / "none.pt"], "checkpoint not found"),
     ("checkpoint-empty-run-folder", lambda w, t: ["predict", _empty_folder(t), w["data"]], "no checkpoints/best.pt"),
     ("checkpoint-text", lambda w, t: ["evaluate", _write(t / "m.pt", "not a checkpoint\n"), "--device", "cpu"],
-     "not a readable attrnet checkpoint"),
+     "not an attrnet checkpoint"),
     ("checkpoint-truncated", lambda w, t: ["evaluate", _write(t / "m.pt", (w["run"] / "checkpoints" / "best.pt")
                                                                .read_bytes()[:2000]), "--device", "cpu"],
      "not a readable attrnet checkpoint"),

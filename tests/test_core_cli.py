@@ -96,6 +96,24 @@ def test_predict_bad_output_suffix(run_cli, tmp_path, csv_run):
     assert not (tmp_path / "p.txt").exists()
 
 
+def test_predict_reads_bmp_and_tiff_and_says_why_a_file_is_skipped_with_csv_output(run_cli, tmp_path, csv_run):
+    """BMP and TIFF files, which a folder search picks up, are decoded (the same pixels as the PNG of the same
+    image); an unreadable file is reported with its reason whatever the output format."""
+    from PIL import Image
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    src = Image.open(csv_run["data"] / "img000.jpg").convert("RGB")
+    for suffix in ("png", "bmp", "tif"):
+        src.save(folder / f"a.{suffix}")
+    (folder / "broken.tiff").write_bytes(b"II*\x00" + b"\x00" * 20)
+    code, out, err = run_cli(["predict", csv_run["run"], folder, "--out", tmp_path / "p.csv", "--device", "cpu"])
+    assert code == 0, err
+    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    assert sorted(Path(r.split(",")[0]).name for r in rows) == ["a.bmp", "a.png", "a.tif"]
+    assert len({",".join(r.split(",")[1:]) for r in rows}) == 1  # lossless files of one image: one answer
+    assert "skipped 1 unreadable image(s):" in err and "broken.tiff" in err and "cannot decode image" in err
+
+
 def test_predict_skips_and_reports_unreadable_images(run_cli, tmp_path, csv_run):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -106,10 +124,11 @@ def test_predict_skips_and_reports_unreadable_images(run_cli, tmp_path, csv_run)
     code, out, err = run_cli(["predict", csv_run["run"], folder, "--out", tmp_path / "p.json", "--device", "cpu"])
     assert code == 0, err
     assert "wrote 3 predictions" in out
-    assert "skipped 1 unreadable image(s)" in err and "broken.jpg" in err
+    assert "skipped 1 unreadable image(s)" in err and "broken.jpg: not an image in a format attrnet reads" in err
     pj = json.loads((tmp_path / "p.json").read_text())
     assert [Path(r["image"]).name for r in pj["images"]] == ["img000.jpg", "img001.jpg", "img002.jpg"]
-    assert [Path(p).name for p in pj["unreadable"]] == ["broken.jpg"]
+    assert [Path(u["image"]).name for u in pj["unreadable"]] == ["broken.jpg"]
+    assert "not an image in a format attrnet reads (JPEG, PNG, GIF, WebP, BMP or TIFF)" in pj["unreadable"][0]["reason"]
     assert pj["attributes"] == ["A", "B"]
     ckpt = load_checkpoint(csv_run["run"])
     assert pj["thresholds"] == pytest.approx(ckpt["thresholds"])
@@ -125,7 +144,7 @@ def test_a_text_file_is_not_a_checkpoint(run_cli, tmp_path, csv_run, command):
     argv = [command, fake] + ([csv_run["data"]] if command == "predict" else ["--data", csv_run["data"]])
     code, _, err = run_cli(argv + ["--device", "cpu"])
     line = _one_error_line(code, err)
-    assert str(fake) in line and "not a readable attrnet checkpoint" in line
+    assert str(fake) in line and "not an attrnet checkpoint" in line and "attrnet reads a run folder" in line
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])

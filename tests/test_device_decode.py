@@ -117,7 +117,7 @@ def test_prediction_with_device_decoding_and_a_one_batch_lag(tmp_path, csv_run):
         out_paths += p
         probs.append(pr)
         bad += b
-    assert out_paths == paths[:-1] and bad == [tmp_path / "junk.jpg"]
+    assert out_paths == paths[:-1] and [b for b, _ in bad] == [tmp_path / "junk.jpg"]
     expected = model.predict([str(p) for p in paths[:-1]]).probabilities
     np.testing.assert_allclose(np.concatenate(probs), expected, rtol=0, atol=1e-6)
 

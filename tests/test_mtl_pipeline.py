@@ -321,6 +321,24 @@ def test_measure_batched_speedup(synth_root: Path, cache_dir: Path) -> None:
         assert abs(out[key] - num / ips_s) <= 0.0005 + e * (num + e + ips_s) / (ips_s * (ips_s - e)), key
 
 
+def test_principal_directions_are_the_training_rows_top_components() -> None:
+    """Orthonormal columns spanning the training rows' top principal subspace (projection error = the left-out
+    singular values), the rows of other splits not used."""
+    from attrnet.paper.pipeline import principal_directions
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(60, 9)) * np.array([9, 7, 5, 3, 1, 0.5, 0.2, 0.1, 0.05])
+    train = np.arange(40)
+    P = principal_directions(Z, train, 3)
+    np.testing.assert_allclose(P.T @ P, np.eye(3), atol=1e-12)
+    rows = Z[train] - Z[train].mean(0)
+    s = np.linalg.svd(rows, compute_uv=False)
+    residual = rows - rows @ P @ P.T
+    assert np.sum(residual ** 2) == pytest.approx(np.sum(s[3:] ** 2), rel=1e-9)
+    Z2 = Z.copy()
+    Z2[40:] = 1e3  # the other splits' rows do not move the directions
+    np.testing.assert_allclose(principal_directions(Z2, train, 3), P, atol=1e-12)
+
+
 def test_standardize_and_balance() -> None:
     X = np.arange(24, dtype=np.float32).reshape(2, 4, 3) ** 1.5
     Z, mean, std = standardize(X, np.array([0, 1, 2]))
@@ -411,14 +429,17 @@ def test_cli_train_awa2_config(tmp_path: Path, cache_dir: Path) -> None:
     assert m["split"] == "test" and m["n_images"] == 4  # the unseen class killer+whale
 
 
-@pytest.mark.parametrize("features", ["shared", "per_attribute"])
+@pytest.mark.parametrize("features", ["shared", "per_attribute", "shared-pca"])
 def test_evaluate_and_predict_take_an_mtl_run_folder(synth_root: Path, cache_dir: Path, tmp_path: Path,
                                                     features: str) -> None:
-    """The run folder's network reproduces the pipeline's own test figures and scores, image by image."""
+    """The run folder's network reproduces the pipeline's own test figures and scores, image by image (with
+    mtl.pca, the solver's classifiers on 6 principal components folded back onto the features)."""
     from attrnet.engine.evaluate import evaluate_checkpoint
     from attrnet.inference import load_model
 
     extra = {"models_per_pass": 4, "per_attribute_training": "loop"} if features == "per_attribute" else {}
+    if features == "shared-pca":
+        features, extra = "shared", {"pca": 6}
     cfg = synth_config(synth_root, cache_dir, features=features, thresholds="tuned", **extra)
     run = tmp_path / "run"
     result = run_mtl(cfg, run, progress=False)

@@ -141,3 +141,39 @@ def test_saving_refuses_objects_that_would_need_pickle(tmp_path):
     with pytest.raises(TypeError, match=r"value\['x'\]: a Payload cannot go into a model file"):
         model_file.save_file(tmp_path / "m.pt", {"x": Payload(tmp_path / "m")})
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_file_that_is_not_a_model_says_what_attrnet_reads_and_never_suggests_unsafe_loading(tmp_path, capsys):
+    """A JSON file (an ONNX sidecar, a config) given as the model: one line naming what attrnet accepts; torch's
+    own advice to set weights_only=False must not reach the user."""
+    from attrnet.cli import main
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x08")
+    (tmp_path / "m.json").write_text('{"attributes": ["A"]}')
+    (tmp_path / "p.jpg").write_bytes(b"")
+    for model in ("m.json", "tiny.txt"):
+        (tmp_path / "tiny.txt").write_text("hello")
+        code = main(["predict", str(tmp_path / model), str(tmp_path / "p.jpg")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("attrnet: error:"), err
+        assert "weights_only" not in err and "attrnet reads a run folder" in err
+    code = main(["predict", str(tmp_path / "m.json"), str(tmp_path / "p.jpg")])
+    assert f"the description of {tmp_path / 'm.onnx'}" in capsys.readouterr().err
+
+
+def test_checkpoint_upgrade_of_a_weights_only_file_changes_nothing(tmp_path, capsys, monkeypatch):
+    """A file that already opens weights-only is not unpickled without restriction, and not rewritten."""
+    from attrnet.cli import main
+    path = tmp_path / "ok.pt"
+    torch.save({"attributes": ["A"], "model": {"w": torch.zeros(2)}}, path)
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    real_load = torch.load
+    calls = []
+
+    def guarded(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+    monkeypatch.setattr(torch, "load", guarded)
+    assert main(["checkpoint", "upgrade", str(path)]) == 0
+    assert "already weights-only" in capsys.readouterr().out
+    assert calls == [True]  # opened once, safely; never with weights_only=False
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before

@@ -12,6 +12,7 @@ from pathlib import Path
 from attrnet import atomic
 from attrnet.cli_args import parse_args
 from attrnet.errors import AttrnetError
+from attrnet.progress import QUIET_ENV
 
 
 def cmd_train(args, extra: list[str] | None = None) -> None:
@@ -74,6 +75,9 @@ def cmd_evaluate(args) -> None:
         print(f"wrote {args.out}")
 
 
+SHOWN = 10  # unreadable images listed with their reasons on the terminal
+
+
 def cmd_predict(args) -> None:
     from attrnet.inference import load_model
     from attrnet.predict import check_output, find_images, predict_to_file
@@ -92,8 +96,13 @@ def cmd_predict(args) -> None:
             print(r["image"].ljust(width), " ".join(f"{r['probabilities'][a]:.2f}".rjust(len(a)) for a in names))
     else:
         print(f"wrote {n} predictions to {args.out}")
-    if bad:
-        print(f"skipped {len(bad)} unreadable image(s), e.g. {bad[0]}", file=sys.stderr)
+    if bad:  # each with its reason, whatever the output
+        print(f"skipped {len(bad)} unreadable image(s):", file=sys.stderr)
+        for path, why in bad[:SHOWN]:
+            print(f"  {why}", file=sys.stderr)
+        if len(bad) > SHOWN:
+            print(f"  ... and {len(bad) - SHOWN} more" + (f" (all in {args.out})" if str(args.out).endswith(".json")
+                                                          else ""), file=sys.stderr)
 
 
 def cmd_data(args) -> None:
@@ -149,9 +158,13 @@ def cmd_export(args) -> None:
 
 
 def cmd_checkpoint(args) -> None:
-    from attrnet.model_file import upgrade_file
+    from attrnet.model_file import AlreadySafe, upgrade_file
 
-    out = upgrade_file(args.file, args.out)
+    try:
+        out = upgrade_file(args.file, args.out)
+    except AlreadySafe as exc:
+        print(exc)
+        return
     print(f"wrote {out} (weights-only; attrnet opens it without running code)")
 
 
@@ -222,13 +235,14 @@ COMMANDS = {"checkpoint": cmd_checkpoint, "export": cmd_export, "train": cmd_tra
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.INFO
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     if int(os.environ.get("RANK", "0") or 0) != 0:
         level = logging.WARNING  # under torchrun only rank 0 reports progress
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("PIL").setLevel(logging.WARNING)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    if args.quiet:
+        os.environ[QUIET_ENV] = "1"  # no progress bars either, in this process and the workers it starts
+    # attrnet's own messages at `level`; other packages' (onnxscript, PIL, matplotlib, ...) only when they warn
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("attrnet").setLevel(level)
     try:
         COMMANDS[args.command](args)
     except AttrnetError as exc:

@@ -252,6 +252,8 @@ def _add_card(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attrnet", description="Multi-task prediction of binary image attributes.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an internal error")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="warnings and errors only, no progress bars (bars are drawn only on a terminal anyway)")
     parser.add_argument("--version", action="version", version=f"attrnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_demo, _add_train, _add_distill, _add_evaluate, _add_predict, _add_data, _add_bench, _add_export,

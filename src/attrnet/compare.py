@@ -24,7 +24,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from attrnet import atomic
 from attrnet.config import Config
@@ -33,6 +32,7 @@ from attrnet.engine.run_folder import check_run_folder
 from attrnet.engine.setup import prepare_data
 from attrnet.engine.train import fit
 from attrnet.errors import AttrnetError
+from attrnet.progress import progress_bar
 from attrnet.report.plots import pyplot, save_figure
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def run_comparison(cfg: Config, methods: list[str], seeds: list[int], out: str |
             todo.append((m, s))
     if todo:
         data = prepare_data(cfg, progress=progress)  # one cache and one split for every run
-        bar = tqdm(runs, desc="compare", unit="run", disable=not progress)
+        bar = progress_bar(runs, desc="compare", unit="run", disable=not progress)
         for m, s in bar:
             bar.set_postfix_str(f"{m} seed {s}")
             if (m, s) in todo:

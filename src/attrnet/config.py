@@ -136,6 +136,9 @@ class MTLConfig:
     save_feature_cnns: bool = True    # per_attribute: keep the M CNNs' stacked weights (feature_cnns.pt)
     reuse_features: bool = True       # reuse run_dir/features.pt when it was made with the same settings
     standardize: bool = True          # z-score the features with the training rows' mean and std
+    pca: int = 0                      # >0: the solver works on the top pca principal components of the standardised
+                                      # (shared) features, a classifier there is one on the features again (its
+                                      # cost grows with the feature size: 1,280 for MobileNetV2); 0 = all features
     thresholds: str = "zero"          # zero (score >= 0) | tuned (on val, for train.threshold_metric)
     baseline_lam: Any = None          # ridge weight of the independent baseline; None = lam
     grid: Any = None                  # {mu: [...], gamma: [...], lam: [...], latent_tasks: [...]}: pick on val

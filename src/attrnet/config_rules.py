@@ -276,7 +276,7 @@ RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
         "mu": NON_NEGATIVE, "gamma": NON_NEGATIVE, "lam": NON_NEGATIVE, "max_outer": POSITIVE,
         "tol": _number(float, 0, low_open=True), "fit_bias": _flag, "balance": _flag, "feature_epochs": POSITIVE,
         "models_per_pass": COUNT, "per_attribute_training": _choice("auto", "vmap", "loop", "sequential"),
-        "save_feature_cnns": _flag, "reuse_features": _flag, "standardize": _flag,
+        "save_feature_cnns": _flag, "reuse_features": _flag, "standardize": _flag, "pca": COUNT,
         "thresholds": _choice("zero", "tuned"), "baseline_lam": _optional(NON_NEGATIVE), "grid": _grid,
         "inner_max_iter": POSITIVE, "inner_tol": _number(float, 0, low_open=True), "solver_threads": COUNT,
     },

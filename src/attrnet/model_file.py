@@ -19,6 +19,8 @@ from attrnet import atomic
 from attrnet.errors import AttrnetError
 
 PLAIN = (str, int, float, bool, type(None))
+ACCEPTED = ("attrnet reads a run folder, a checkpoint .pt it wrote, an exported folder (config.json + "
+            "model.safetensors) or an exported .onnx file")
 
 
 def to_plain(obj: Any, where: str = "value") -> Any:
@@ -69,9 +71,15 @@ def load_file(path: str | Path, what: str = "attrnet model file") -> Any:
                 f"{path}: refused: it holds Python objects besides tensors, numbers, strings, lists and dicts, "
                 f"and loading those could run code hidden in the file. If it is an older attrnet file from a "
                 f"source you trust, convert it once with: attrnet checkpoint upgrade {path}") from None
-        raise AttrnetError(f"{path}: not a readable {what} ({_first_line(exc)})") from None
+        # torch's own text here suggests weights_only=False: the one thing never to do with a file of unknown origin
+        raise AttrnetError(f"{path}: not {_article(what)} (not a file torch saves: {_kind_of(path)}). {ACCEPTED}") from None
     except (OSError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as exc:
-        raise AttrnetError(f"{path}: not a readable {what} ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise AttrnetError(f"{path}: not a readable {what} ({type(exc).__name__}: {_first_line(exc)}). "
+                           f"{ACCEPTED}") from None
+
+
+class AlreadySafe(Exception):
+    """upgrade_file's answer for a file that needs no conversion (nothing was written)."""
 
 
 def upgrade_file(path: str | Path, out: str | Path | None = None) -> Path:
@@ -86,6 +94,12 @@ def upgrade_file(path: str | Path, out: str | Path | None = None) -> Path:
         raise AttrnetError(f"no such file: {path}")
     out = Path(out) if out else path
     atomic.check_writable(out, what="output")
+    try:  # a file that opens safely needs nothing: it is never unpickled without restriction
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - refused or unreadable: the conversion below says which
+        pass
+    else:
+        raise AlreadySafe(f"{path} is already weights-only: attrnet opens it without running code; nothing to do")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any failure of an arbitrary pickle is "not readable"
@@ -97,6 +111,27 @@ def upgrade_file(path: str | Path, out: str | Path | None = None) -> Path:
     except TypeError as exc:
         raise AttrnetError(f"{path}: cannot be converted: {exc}") from None
     return out
+
+
+def _article(what: str) -> str:
+    return ("an " if what[:1] in "aeiou" else "a ") + what
+
+
+def _kind_of(path: Path) -> str:
+    """What the file looks like, from its first bytes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return "unreadable"
+    if head.lstrip()[:1] in (b"{", b"["):
+        onnx = path.with_suffix(".onnx")
+        return f"it is the description of {onnx}: give that file" if onnx.is_file() else "it is JSON text"
+    if head.startswith(b"\x08") or b"onnx" in head.lower():
+        return "it looks like an ONNX graph: load the .onnx file itself"
+    if not head:
+        return "it is empty"
+    return "its first bytes are " + head[:8].hex()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -50,13 +50,16 @@ class _Files(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
+        """(index, pixels or encoded bytes, None) or (index, None, why it could not be read)."""
         try:
             if self.raw:  # bytes only: the GPU decodes. A numpy array is pickled through the worker's pipe;
                 # thousands of small tensors would each need a shared-memory file descriptor.
-                return i, np.fromfile(self.paths[i], dtype=np.uint8), True
-            return i, load_image(self.paths[i], self.size, self.grayscale, self.resize), True
-        except Exception:  # noqa: BLE001 - any unreadable file is reported, never fatal
-            return i, None, False
+                return i, np.fromfile(self.paths[i], dtype=np.uint8), None
+            return i, load_image(self.paths[i], self.size, self.grayscale, self.resize), None
+        except AttrnetError as exc:  # the decoder's reason, naming the file
+            return i, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, never fatal
+            return i, None, f"cannot read image {self.paths[i]}: {type(exc).__name__}: {exc}"
 
 
 def _collate(items):
@@ -64,8 +67,8 @@ def _collate(items):
 
 
 def iter_files(model, paths: list[Path], batch_size: int = 256, workers: int = 0,
-               device_decode: bool | None = None) -> Iterator[tuple[list[Path], np.ndarray, list[Path]]]:
-    """Yield (paths, probabilities, unreadable paths) batch by batch, in input order.
+               device_decode: bool | None = None) -> Iterator[tuple[list[Path], np.ndarray, list[tuple[Path, str]]]]:
+    """Yield (paths, probabilities, [(unreadable path, why)]) batch by batch, in input order.
 
     On a GPU (device_decode None: when the model runs on CUDA) the workers only read bytes and the model's
     device decodes them (data.device_decode); each batch's probabilities come back to the host without
@@ -82,11 +85,12 @@ def iter_files(model, paths: list[Path], batch_size: int = 256, workers: int = 0
                         collate_fn=_collate)
     pending = None
     for items in loader:
-        good = [(i, t) for i, t, ok in items if ok]
-        bad = [paths[i] for i, _, ok in items if not ok]
+        good = [(i, t) for i, t, why in items if why is None]
+        bad = [(paths[i], why) for i, _, why in items if why is not None]
         if gpu_decode and good:
             batch, ok = decode_batch([torch.from_numpy(t) for _, t in good], info.image_size, info.resize, device)
-            bad += [paths[i] for (i, _), fine in zip(good, ok) if not fine]
+            bad += [(paths[i], f"cannot decode image {paths[i]} (neither the device's decoder nor the CPU's)")
+                    for (i, _), fine in zip(good, ok) if not fine]
             if not ok.all():  # rare: a file neither decoder could read leaves the batch
                 good, batch = [g for g, fine in zip(good, ok) if fine], batch[torch.from_numpy(np.flatnonzero(ok))
                                                                               .to(device)]
@@ -112,7 +116,7 @@ class _Pending:
     """One batch's results on their way to the host: from a GPU, copied into pinned memory without waiting, and
     waited for only when asked for."""
 
-    def __init__(self, paths: list[Path], probs, bad: list[Path], num_attributes: int):
+    def __init__(self, paths: list[Path], probs, bad: list[tuple[Path, str]], num_attributes: int):
         self.paths, self.bad, self.done = paths, bad, None
         if probs is None:
             probs = np.zeros((0, num_attributes))
@@ -124,7 +128,7 @@ class _Pending:
             probs = host
         self.probs = probs
 
-    def result(self) -> tuple[list[Path], np.ndarray, list[Path]]:
+    def result(self) -> tuple[list[Path], np.ndarray, list[tuple[Path, str]]]:
         if self.done is not None:
             self.done.synchronize()
         probs = self.probs.numpy() if isinstance(self.probs, torch.Tensor) else self.probs
@@ -140,12 +144,12 @@ def check_output(out: str | Path | None) -> Path | None:
 
 
 def predict_to_file(model, paths: list[Path], out: str | Path | None,
-                    batch_size: int = 256) -> tuple[int, list[Path], list[dict]]:
-    """Predict every image (find_images' list); write CSV (streamed) or JSON; returns (count, unreadable, rows if
-    no file)."""
+                    batch_size: int = 256) -> tuple[int, list[tuple[Path, str]], list[dict]]:
+    """Predict every image (find_images' list); write CSV (streamed) or JSON; returns (count, [(unreadable, why)],
+    rows if no file)."""
     names = model.attributes
     rows: list[dict] = []
-    bad_all: list[Path] = []
+    bad_all: list[tuple[Path, str]] = []
     n = 0
     out = check_output(out)
     use_csv = out is not None and out.suffix.lower() == ".csv"
@@ -167,8 +171,10 @@ def predict_to_file(model, paths: list[Path], out: str | Path | None,
         if fh:
             fh.close()
         if n == 0:  # raised inside the atomic write: no empty output file replaces anything
-            raise AttrnetError(f"none of the {len(paths)} image(s) could be read, e.g. {bad_all[0]}")
+            raise AttrnetError(f"none of the {len(paths)} image(s) could be read: {bad_all[0][1]}")
         if out is not None and not use_csv:
             Path(tmp).write_text(json.dumps({"attributes": names, "thresholds": model.thresholds.tolist(),
-                                             "images": rows, "unreadable": [str(b) for b in bad_all]}, indent=1))
+                                             "images": rows,
+                                             "unreadable": [{"image": str(b), "reason": why} for b, why in bad_all]},
+                                            indent=1))
     return n, bad_all, rows

@@ -16,7 +16,6 @@ from typing import Callable
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from attrnet.data.cache_files import (
     DecodedImages,
@@ -32,6 +31,7 @@ from attrnet.data.cache_files import (
 from attrnet.data.device_cache import DeviceCacheBuild
 from attrnet.data.images import load_image
 from attrnet.errors import AttrnetError
+from attrnet.progress import progress_bar
 
 log = logging.getLogger(__name__)
 class _DecodeInto(Dataset):
@@ -117,7 +117,7 @@ class CacheBuild(RowBuild):
                             num_workers=workers if parallel else 0, collate_fn=_collate,
                             persistent_workers=False, prefetch_factor=4 if parallel else None)
         self._batches = iter(loader)
-        self._bar = tqdm(total=n, desc=f"decoding {n} images", unit="img", disable=not progress, leave=False)
+        self._bar = progress_bar(total=n, desc=f"decoding {n} images", unit="img", disable=not progress, leave=False)
 
     def _advance(self) -> bool:
         try:

@@ -26,7 +26,8 @@ import numpy as np
 from attrnet.atomic import pid_alive
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # 2: PNG/GIF/WebP through PIL (grey and 16-bit PNGs, GIF frames), crop of extreme strips
+CACHE_VERSION = 3  # 2: PNG/GIF/WebP through PIL (grey and 16-bit PNGs, GIF frames), crop of extreme strips;
+                   # 3: photos turned upright by their EXIF orientation, BMP and TIFF decoded
 # A build's temporary folder, ".<key>.<pid>.tmp" (see CacheBuild), and the file in it that says where that
 # pid is meaningful (see _pid_space).
 _BUILD_FOLDER = re.compile(r"\.(?P<key>[0-9a-f]{24})\.(?P<pid>[0-9]+)\.tmp")

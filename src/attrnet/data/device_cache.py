@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from attrnet.data.cache_files import DecodedImages, RowBuild, decode_order, new_build_folder, open_cache, publish
 from attrnet.data.device_decode import decode_batch, read_encoded
+from attrnet.progress import progress_bar
 
 READ_AHEAD = 8           # batches whose files are being read while one is decoded
 CHUNK_ROWS = 4096        # rows per device-to-host copy when the cache is written to disk
@@ -43,7 +43,7 @@ class DeviceCacheBuild(RowBuild):
         self._next = 0
         self._pool = ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1), thread_name_prefix="attrnet-read")
         self._reads: dict[int, list] = {}
-        self._bar = tqdm(total=n, desc=f"decoding {n} images on {self.device}", unit="img", disable=not progress,
+        self._bar = progress_bar(total=n, desc=f"decoding {n} images on {self.device}", unit="img", disable=not progress,
                          leave=False)
 
     def _read_ahead(self) -> None:

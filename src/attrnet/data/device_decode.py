@@ -55,11 +55,11 @@ def _decode_jpegs(data: list[torch.Tensor] | torch.Tensor, device: torch.device)
     overwritten. On a stream that only decodes, every block the allocator hands out is idle (a block the
     training used is reused only once that use, recorded by record_stream, is done)."""
     if device.type != "cuda":
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
     current = torch.cuda.current_stream(device)
     stream = _decoder_stream(device_index(device))
     with torch.cuda.stream(stream):
-        out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
     current.wait_stream(stream)
     for image in out if isinstance(out, list) else [out]:
         image.record_stream(current)

@@ -17,33 +17,41 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from attrnet.errors import AttrnetError
+from attrnet.preprocessing import RESIZE_INTERPOLATION as RESIZE_INTERPOLATION_NAME
 
 RESIZE_METHODS = ("squash", "crop")
 # PIL's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): about 13.4k x 13.4k, 537 MB as RGB.
 MAX_PIXELS = 178_956_970
 JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with more pictures appended; the first one is decoded
-PIL_FORMATS = ("PNG", "GIF", "WEBP")
+PIL_FORMATS = ("PNG", "GIF", "WEBP", "BMP", "TIFF")
+READ_FORMATS = "JPEG, PNG, GIF, WebP, BMP or TIFF"  # what a refusal lists
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how PIL opens a 16-bit grey PNG
 # crop mode keeps at most this many times the span the target needs before scaling (see _centre_strip)
 CROP_MARGIN = 8
 
 
-def load_image(path: str | Path, size: tuple[int, int], grayscale: bool = False,
-               resize: str = "squash") -> torch.Tensor:
-    """Decode JPEG/PNG/GIF/WebP into uint8 [C, H, W] at `size` (height, width), C = 1 if grayscale else 3.
-
-    A file that cannot be decoded raises AttrnetError naming it; the cache and the predictor count such a
-    file as unreadable."""
+def load_pixels(path: str | Path, grayscale: bool = False) -> torch.Tensor:
+    """A file's pixels at its own size, uint8 [C, H, W] (see load_image), or AttrnetError naming it."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise AttrnetError(f"cannot read image {path}: {exc.strerror or exc}") from None
-    return resize_image(decode_image_bytes(data, grayscale, name=str(path)), size, resize)
+    return decode_image_bytes(data, grayscale, name=str(path))
+
+
+def load_image(path: str | Path, size: tuple[int, int], grayscale: bool = False,
+               resize: str = "squash") -> torch.Tensor:
+    """Decode JPEG/PNG/GIF/WebP/BMP/TIFF into uint8 [C, H, W] at `size` (height, width), C = 1 if grayscale else
+    3, turned upright as its EXIF orientation says (as a photo viewer shows it).
+
+    A file that cannot be decoded raises AttrnetError naming it; the cache and the predictor count such a
+    file as unreadable."""
+    return resize_image(load_pixels(path, grayscale), size, resize)
 
 
 def decode_image_bytes(data: bytes, grayscale: bool = False, name: str = "image") -> torch.Tensor:
@@ -53,11 +61,15 @@ def decode_image_bytes(data: bytes, grayscale: bool = False, name: str = "image"
             _check_header(im, name)
             if im.format in JPEG_FORMATS:
                 img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                  mode=ImageReadMode.GRAY if grayscale else ImageReadMode.RGB)
+                                  mode=ImageReadMode.GRAY if grayscale else ImageReadMode.RGB,
+                                  apply_exif_orientation=True)
             else:
-                img = _pil_pixels(im, grayscale)
+                img = _pil_pixels(ImageOps.exif_transpose(im) or im, grayscale)
     except AttrnetError:
         raise
+    except UnidentifiedImageError:  # PIL's message names an in-memory buffer object: no help to anyone
+        raise AttrnetError(f"cannot decode image {name}: not an image in a format attrnet reads "
+                           f"({READ_FORMATS})") from None
     except Image.DecompressionBombError:  # PIL's own check, at 2 x Image.MAX_IMAGE_PIXELS
         limit = 2 * (Image.MAX_IMAGE_PIXELS or MAX_PIXELS // 2)
         raise AttrnetError(f"image {name} declares more than {limit} pixels, too many to decode (its header "
@@ -71,7 +83,7 @@ def _check_header(im: Image.Image, name: str) -> None:
     """A format we decode, a size we can afford."""
     if im.format not in JPEG_FORMATS + PIL_FORMATS:
         raise AttrnetError(f"cannot decode image {name}: {im.format} images are not supported; "
-                           f"convert it to JPEG, PNG, GIF or WebP")
+                           f"convert it to one of {READ_FORMATS}")
     width, height = im.size
     if width < 1 or height < 1 or width * height > MAX_PIXELS:
         raise AttrnetError(f"image {name} declares {width} x {height} pixels; an image must have between 1 "
@@ -105,8 +117,9 @@ def _reason(exc: Exception) -> str:
     return re.sub(r"^\w+, \S+:\d+, ", "", text)[:200] or type(exc).__name__
 
 
-# The one resize of attrnet (the cache, so training and evaluation, and inference): antialiased bilinear.
-RESIZE_INTERPOLATION = TF.InterpolationMode.BILINEAR
+# The one resize of attrnet (the cache, so training and evaluation, and inference): antialiased, with the
+# interpolation attrnet.preprocessing records (what exported models' descriptions say).
+RESIZE_INTERPOLATION = TF.InterpolationMode(RESIZE_INTERPOLATION_NAME)
 
 
 def resize_image(img: torch.Tensor, size: tuple[int, int], resize: str = "squash") -> torch.Tensor:

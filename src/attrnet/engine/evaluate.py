@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from attrnet import atomic, metrics
 from attrnet.card import write_run_card
@@ -27,6 +26,7 @@ from attrnet.inference.model import AttributeModel, resolve_precision
 from attrnet.inference.sources import info_from_checkpoint
 from attrnet.inference.tta import check_tta
 from attrnet.precision import Precision
+from attrnet.progress import progress_bar
 from attrnet.report import plots
 from attrnet.report.jsonable import to_jsonable
 
@@ -40,7 +40,7 @@ def predict_logits(model: nn.Module, loader: BatchLoader, precision: Precision,
     model.eval()
     normalize = normalize or make_normalize(None, loader.images.shape[1]).to(loader.device)
     logits, labels = [], []
-    batches = tqdm(loader.epoch(0), total=len(loader), desc="predicting", unit="batch", leave=False,
+    batches = progress_bar(loader.epoch(0), total=len(loader), desc="predicting", unit="batch", leave=False,
                    disable=not (progress and dist.is_main))
     for x, y in batches:
         logits.append(batch_logits(model, x, normalize, precision, tta))

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from attrnet import atomic, metrics
 from attrnet.config import Config
@@ -36,6 +35,7 @@ from attrnet.losses import attribute_bce, masked_bce
 from attrnet.models.build import build_model
 from attrnet.mtl.prox import group_ids
 from attrnet.precision import Precision
+from attrnet.progress import progress_bar
 from attrnet.weighting import Weighting, cut, make_weighting
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler,
     steps = 0
     limit = cfg.train.max_steps_per_epoch or None
     batches = loader.epoch(epoch)
-    bar = tqdm(batches, total=min(len(loader), limit or len(loader)), desc=f"epoch {epoch + 1}",
+    bar = progress_bar(batches, total=min(len(loader), limit or len(loader)), desc=f"epoch {epoch + 1}",
                leave=False, disable=not (progress and dist.is_main), unit="batch")
     mix_rng = mixup_rng(cfg, epoch)
     # Gradient methods: the heads read a detached copy of the features (per-task gradients through the heads

@@ -8,50 +8,58 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
-from attrnet.data.images import decode_image_bytes, load_image, resize_image
+from attrnet.data.images import decode_image_bytes, load_pixels, resize_image
 from attrnet.errors import AttrnetError
 
 
-def to_model_input(image: Any, size: tuple[int, int], grayscale: bool, resize: str) -> torch.Tensor:
-    """One image as uint8 [C, H, W] at `size`, C = 1 if grayscale else 3; AttrnetError if it cannot be."""
+def to_model_input(image: Any, size: tuple[int, int], grayscale: bool, resize: str,
+                   name: str = "image") -> torch.Tensor:
+    """One image as uint8 [C, H, W] at `size`, C = 1 if grayscale else 3; AttrnetError if it cannot be.
+    name: how a message calls it (a path names itself)."""
+    return resize_image(to_pixels(image, grayscale, name), size, resize)
+
+
+def to_pixels(image: Any, grayscale: bool, name: str = "image") -> torch.Tensor:
+    """One image at its own size as uint8 [C, H, W], C = 1 if grayscale else 3, upright (EXIF), alpha dropped:
+    paths, encoded bytes, PIL images, uint8 arrays or tensors ([H, W], [H, W, C] or [C, H, W], C = 1, 3, 4)
+    all follow the same rule."""
     if isinstance(image, (str, Path)):
-        return load_image(image, size, grayscale, resize)
+        return load_pixels(image, grayscale)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return resize_image(decode_image_bytes(bytes(image), grayscale), size, resize)
-    if _is_pil(image):
-        arr = np.asarray(image.convert("L" if grayscale else "RGB"))
-        return resize_image(_from_hwc(torch.from_numpy(np.ascontiguousarray(arr))), size, resize)
+        return decode_image_bytes(bytes(image), grayscale, name=name)
+    if isinstance(image, Image.Image):
+        arr = np.array((ImageOps.exif_transpose(image) or image).convert("L" if grayscale else "RGB"))
+        return _from_hwc(torch.from_numpy(arr))
     if isinstance(image, np.ndarray):
+        if not image.flags.writeable:  # e.g. np.asarray(pil_image): torch would warn about sharing it
+            image = image.copy()
         image = torch.from_numpy(np.ascontiguousarray(image))
-        if image.ndim == 3 and image.shape[-1] in (1, 3) and image.shape[0] not in (1, 3):
+        if image.ndim == 3 and image.shape[-1] in CHANNELS and image.shape[0] not in CHANNELS:
             image = image.permute(2, 0, 1)  # H, W, C as numpy and PIL give it
     if isinstance(image, torch.Tensor):
-        return resize_image(_channels(_checked_tensor(image), grayscale), size, resize)
+        return _channels(_checked_tensor(image, name), grayscale)
     raise AttrnetError(f"cannot read an image from a {type(image).__name__}; give a path, bytes, a PIL image "
-                       f"or a uint8 array [C, H, W]")
+                       f"or a uint8 array ([H, W], [H, W, C] or [C, H, W], C = 1, 3 or 4)")
 
 
-def _is_pil(obj: Any) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - PIL is a dependency
-        return False
-    return isinstance(obj, Image.Image)
+CHANNELS = (1, 3, 4)  # grey, RGB, RGBA (alpha is dropped, as PIL's convert("RGB") drops it)
 
 
 def _from_hwc(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
 
 
-def _checked_tensor(t: torch.Tensor) -> torch.Tensor:
+def _checked_tensor(t: torch.Tensor, name: str = "image") -> torch.Tensor:
     if t.dtype != torch.uint8:
-        raise AttrnetError(f"an image tensor must be uint8 (0-255), got {t.dtype}")
+        raise AttrnetError(f"{name}: an image array must be uint8 (0-255), got {t.dtype}")
     if t.ndim == 2:
         t = t.unsqueeze(0)
-    if t.ndim != 3 or t.shape[0] not in (1, 3) or 0 in t.shape:
-        raise AttrnetError(f"an image tensor must be [C, H, W] with C = 1 or 3, got {tuple(t.shape)}")
-    return t
+    if t.ndim != 3 or t.shape[0] not in CHANNELS or 0 in t.shape:
+        raise AttrnetError(f"{name}: an image array must be [H, W], [H, W, C] or [C, H, W] with C = 1, 3 or 4, "
+                           f"got {tuple(t.shape)}")
+    return t[:3] if t.shape[0] == 4 else t
 
 
 def _channels(t: torch.Tensor, grayscale: bool) -> torch.Tensor:
@@ -70,7 +78,7 @@ def stack_inputs(images: list, size: tuple[int, int], grayscale: bool, resize: s
     good, ok, bad = [], [], []
     for i, image in enumerate(images):
         try:
-            good.append(to_model_input(image, size, grayscale, resize))
+            good.append(to_model_input(image, size, grayscale, resize, name=f"input {i}"))
             ok.append(i)
         except AttrnetError as exc:
             bad.append((i, str(exc)))

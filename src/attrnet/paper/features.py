@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from attrnet import model_file
 from attrnet.config import Config
@@ -44,6 +43,7 @@ from attrnet.models.backbones import weights_normalization
 from attrnet.models.build import build_model
 from attrnet.paper.cnns import BatchedCNNs, LoopCNNs, SequentialCNNs, make_attribute_models
 from attrnet.precision import Precision
+from attrnet.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def train_attribute_cnns(cfg: Config, data: PreparedData, device: torch.device |
             for epoch in range(epochs):
                 total, n = torch.zeros(len(cols), device=device), 0
                 batches = epoch_batches(cfg, loader, epoch, steps)
-                for x, y in tqdm(batches, total=steps, leave=False, disable=not progress,
+                for x, y in progress_bar(batches, total=steps, leave=False, disable=not progress,
                                  desc=f"CNNs {cols[0] + 1}-{cols[-1] + 1}/{M} epoch {epoch + 1}"):
                     total += net.step(x, y[:, cols], pw, precision.autocast(), cfg.train.label_smoothing)
                     n += 1
@@ -208,7 +208,7 @@ def per_attribute_features(cfg: Config, data: PreparedData, states: list[dict],
         net: BatchedCNNs | SequentialCNNs = BatchedCNNs(part, device) if vmap else SequentialCNNs(part, device)
         loader = make_loader(images, data, idx, cfg.train.batch_size * 2, device, False)
         parts = []
-        for x, _ in tqdm(loader.epoch(0), total=len(loader), leave=False, disable=not progress,
+        for x, _ in progress_bar(loader.epoch(0), total=len(loader), leave=False, disable=not progress,
                          desc=f"features {start + 1}-{min(M, start + chunk)}/{M}"):
             with precision.autocast():
                 parts.append(net.features(normalize(x)).float().cpu())
@@ -236,7 +236,7 @@ def shared_features(cfg: Config, model: nn.Module, data: PreparedData, device: t
     idx = np.flatnonzero(data.decoded.ok)
     loader = make_loader(images, data, idx, cfg.train.batch_size * 2, device, False)
     feats, logits = [], []
-    for x, _ in tqdm(loader.epoch(0), total=len(loader), leave=False, disable=not progress, desc="features"):
+    for x, _ in progress_bar(loader.epoch(0), total=len(loader), leave=False, disable=not progress, desc="features"):
         x = normalize(x)
         if precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -67,6 +67,17 @@ def standardize(features: np.ndarray, train_idx: np.ndarray) -> tuple[np.ndarray
     return ((features - mean) / std).astype(np.float32), mean.squeeze(-2), std.squeeze(-2)
 
 
+def principal_directions(Z: np.ndarray, train_idx: np.ndarray, k: int) -> np.ndarray:
+    """[D, k] the top-k principal directions of the training rows of standardised features Z [N, D] (orthonormal
+    columns; signs made deterministic: each column's largest entry positive)."""
+    rows = Z[train_idx].astype(np.float64)
+    rows = rows - rows.mean(0)
+    _, _, vt = np.linalg.svd(rows, full_matrices=False)
+    P = vt[:k].T
+    P *= np.sign(P[np.argmax(np.abs(P), axis=0), np.arange(P.shape[1])])
+    return P
+
+
 def balance_weights(labels: np.ndarray) -> np.ndarray:
     """[N, M] example weights so each attribute's positives and negatives weigh half each (0 where unknown).
 
@@ -169,6 +180,15 @@ class Outcome:
     # per method ("mtl", "independent", "shared_heads"): (scores of the evaluated rows [n, M], the thresholds on
     # sigmoid(score) it was scored at); the rows are `split`'s, in the table's order
     scores: dict = field(default_factory=dict)
+    # [D, k] when the solver worked on the top k principal components (mtl.pca): a classifier w there is
+    # projection @ w on the standardised features
+    projection: np.ndarray | None = None
+
+    def on_features(self, W: torch.Tensor) -> torch.Tensor:
+        """A classifier matrix of the solver's space as one of the standardised features' space."""
+        if self.projection is None:
+            return W
+        return torch.as_tensor(self.projection, dtype=W.dtype, device=W.device) @ W
 
 
 @contextlib.contextmanager
@@ -214,6 +234,12 @@ def _fit_and_evaluate(cfg: Config, data: PreparedData, feats: FeatureSet, device
     else:
         mean = np.zeros(X.shape[:-2] + X.shape[-1:], np.float32)
         std = np.ones_like(mean)
+    projection = None
+    if cfg.mtl.pca:  # the solver's cost grows with the feature size: solve on the top principal components
+        if X.ndim != 2:
+            raise AttrnetError("mtl.pca works on shared features (mtl.features: shared)")
+        projection = principal_directions(X, train_idx, min(cfg.mtl.pca, X.shape[1]))
+        X = (X @ projection).astype(np.float32)
     dtype = torch.float64
     to_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
     y_train = labels[train_idx]
@@ -289,7 +315,7 @@ def _fit_and_evaluate(cfg: Config, data: PreparedData, feats: FeatureSet, device
     timings["evaluation"] = time.perf_counter() - t0
     hyper = {**chosen, "val_mean_accuracy": best_acc, "baseline_lam": ind_lam, "baseline_val_mean_accuracy": ind_acc}
     return Outcome(result, baselines, best, ind_best, thresholds, mean, std, groups, hyper, timings, search,
-                   scores)
+                   scores, projection)
 
 
 def solve_mtl(problem: MTLProblem, cfg: Config, K: int, mu: float, gamma: float, lam: float) -> MTLResult:
@@ -330,7 +356,7 @@ def write_history(path: Path, history: list[float]) -> None:
 def write_plots(outcome: Outcome, names: list[str], plot_dir: Path) -> dict[str, str]:
     """S as a heatmap (latent tasks x attributes, columns by group) and the cosine similarity of w_m = L s^m."""
     S = outcome.solver.S.detach().cpu().numpy()
-    W = (outcome.solver.L @ outcome.solver.S).detach().cpu().numpy()
+    W = outcome.on_features(outcome.solver.L @ outcome.solver.S).detach().cpu().numpy()
     groups = outcome.groups
     paths = {
         "latent_S": plots.plot_heatmap(S, [f"task {k + 1}" for k in range(S.shape[0])], names,
@@ -372,7 +398,9 @@ def run_mtl(cfg: Config, run_dir: str | Path, progress: bool = True, data: Prepa
     t0 = time.perf_counter()
     plots = write_plots(outcome, names, run_dir / "plots")
     write_history(run_dir / "objective_history.csv", outcome.solver.history)
-    L, S, b = (t.detach().cpu().float() for t in (outcome.solver.L, outcome.solver.S, outcome.solver.b))
+    # L on the standardised features (with mtl.pca: the projection folded in), so that W = L S predicts
+    L, S, b = (t.detach().cpu().float() for t in (outcome.on_features(outcome.solver.L), outcome.solver.S,
+                                                  outcome.solver.b))
     model_file.save_file(run_dir / "mtl_model.pt", {
         "kind": KIND_LATENT_TASK, "version": CHECKPOINT_VERSION,
         "L": L, "S": S, "b": b, "attributes": names, "groups": outcome.groups,
@@ -380,7 +408,7 @@ def run_mtl(cfg: Config, run_dir: str | Path, progress: bool = True, data: Prepa
         "feature_std": torch.from_numpy(np.asarray(outcome.std, np.float32)),
         "standardize": cfg.mtl.standardize, "features": feats.mode, "backbone_checkpoint": feats.checkpoint,
         "thresholds": outcome.thresholds.tolist(), "hyper": outcome.hyper, "config": cfg.to_dict(),
-        "independent_W": outcome.independent[0].detach().cpu().float(),
+        "independent_W": outcome.on_features(outcome.independent[0]).detach().cpu().float(),
         "independent_b": outcome.independent[1].detach().cpu().float(),
         # the CNNs' input: as they were trained, with their weights' normalisation
         "preprocessing": Preprocessing.from_config(cfg.data, cfg.model, weights_normalization(
