@@ -7,6 +7,7 @@ the whole core suite has to run in well under two minutes on a busy 2-core CPU.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -136,8 +137,9 @@ def run_cli(capsys):
     from attrnet.cli import main
 
     def run(argv: list[str]) -> tuple[int, str, str]:
-        root = logging.getLogger()
-        saved_handlers, saved_level = root.handlers[:], root.level
+        root, ours = logging.getLogger(), logging.getLogger("attrnet")
+        saved_handlers, saved_level, saved_ours = root.handlers[:], root.level, ours.level
+        saved_quiet = os.environ.get("ATTRNET_QUIET")
         root.handlers = []  # so main's logging.basicConfig takes effect, as it does in a real shell
         capsys.readouterr()
         try:
@@ -145,6 +147,11 @@ def run_cli(capsys):
         finally:
             root.handlers = saved_handlers
             root.setLevel(saved_level)
+            ours.setLevel(saved_ours)
+            if saved_quiet is None:  # --quiet sets it for the process and its workers: not for the next test
+                os.environ.pop("ATTRNET_QUIET", None)
+            else:
+                os.environ["ATTRNET_QUIET"] = saved_quiet
         out, err = capsys.readouterr()
         return code, out, err
 

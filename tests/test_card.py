@@ -63,9 +63,12 @@ def test_evaluate_by_gives_subgroups_in_json_and_table(run_cli, csv_run, tmp_pat
     for by in ("C", "A"):
         assert sub[by]["1"]["n_images"] + sub[by]["0"]["n_images"] == result["n_images"]  # no unknown labels
         assert sub[by]["1"]["n_images"] > 0 and sub[by]["0"]["n_images"] > 0
-    # split by A itself: inside A=1 every known A label is 1, inside A=0 every one is 0
-    assert sub["A"]["1"]["attributes"]["A"]["positive_rate"] == 1.0
-    assert sub["A"]["0"]["attributes"]["A"]["positive_rate"] == 0.0
+    # split by A itself: A's own row would be trivial (every label 1, every label 0), so it is left out of A's
+    # subgroups, their means (here B's figures alone) and the gaps; the table does the same
+    for value in ("1", "0"):
+        assert list(sub["A"][value]["attributes"]) == ["B"]
+        assert sub["A"][value]["mean_accuracy"] == sub["A"][value]["attributes"]["B"]["accuracy"]
+    assert list(sub["A"]["accuracy_gap"]) == ["B"] and set(sub["C"]["accuracy_gap"]) == {"A", "B"}
     gap = sub["C"]["1"]["attributes"]["B"]["accuracy"] - sub["C"]["0"]["attributes"]["B"]["accuracy"]
     assert sub["C"]["accuracy_gap"]["B"] == pytest.approx(gap)
     # the C=1 subgroup's size is the number of test images whose C label is 1 (the data's own labels)
@@ -143,6 +146,7 @@ def test_card_with_subgroups_from_by_or_from_an_evaluation_file(run_cli, csv_run
 def test_celeba_card_names_the_label_noise_and_out_of_scope_uses(csv_run):
     info = read_info(csv_run["run"])
     info.config = {**info.config, "data": {**info.config["data"], "format": "celeba", "root": "/x/celeba-8k"}}
+    info.trained_on = {"dataset": "celeba"}  # what a run on a CelebA folder records
     text = model_card(info)
     assert CELEBA_NOISE in text and "only 12 of its 40 attributes reached 95% agreement" in text
     assert "Wu et al." in text and "CVPR Workshops 2023" in text and "arXiv:2210.07356" in text

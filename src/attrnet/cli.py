@@ -17,15 +17,16 @@ from attrnet.progress import QUIET_ENV
 
 def cmd_train(args, extra: list[str] | None = None) -> None:
     from attrnet.config import load_config
-    from attrnet.engine.train import fit
-    from attrnet.report.tables import format_table
 
     if args.resume and args.overwrite:
         raise AttrnetError("--resume and --overwrite contradict each other: continue the run, or replace it")
     overrides = (extra or []) + list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)  # before torch is imported: a config mistake fails in a second
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "default")
     atomic.check_writable(out, folder=True)
+    from attrnet.engine.train import fit
+    from attrnet.report.tables import format_table
+
     if cfg.mtl.enabled:
         from attrnet.paper.pipeline import run_mtl
         result = run_mtl(cfg, out, resume=args.resume, overwrite=args.overwrite)
@@ -78,6 +79,21 @@ def cmd_evaluate(args) -> None:
 SHOWN = 10  # unreadable images listed with their reasons on the terminal
 
 
+def decision_table(rows: list[dict], names: list[str], thresholds) -> str:
+    """predict's terminal table: per image and attribute the probability, starred where it is a yes (at or above
+    the attribute's threshold, given in the second row): a 0.50 under a 0.59 threshold is not a yes."""
+    width = max([len("threshold")] + [len(r["image"]) for r in rows])
+    cells = [max(len(a), 5) for a in names]
+    lines = ["image".ljust(width) + "".join(" " + a.rjust(c) for a, c in zip(names, cells)),
+             "threshold".ljust(width) + "".join(f" {t:{c}.2f}" for t, c in zip(thresholds, cells))]
+    for r in rows:
+        lines.append(r["image"].ljust(width) + "".join(
+            " " + (f"{r['probabilities'][a]:.2f}" + ("*" if r["attributes"][a] else " ")).rjust(c)
+            for a, c in zip(names, cells)))
+    lines.append("* = yes: the probability is at or above the attribute's threshold")
+    return "\n".join(lines)
+
+
 def cmd_predict(args) -> None:
     from attrnet.inference import load_model
     from attrnet.predict import check_output, find_images, predict_to_file
@@ -89,11 +105,7 @@ def cmd_predict(args) -> None:
     predictor = load_model(args.checkpoint, args.device, args.tta, precision=args.precision, runtime=args.runtime)
     n, bad, rows = predict_to_file(predictor, paths, args.out, args.batch_size)
     if not args.out:
-        names = predictor.attributes
-        width = max(len(r["image"]) for r in rows) if rows else 5
-        print("image".ljust(width), " ".join(names))
-        for r in rows:
-            print(r["image"].ljust(width), " ".join(f"{r['probabilities'][a]:.2f}".rjust(len(a)) for a in names))
+        print(decision_table(rows, predictor.attributes, predictor.thresholds))
     else:
         print(f"wrote {n} predictions to {args.out}")
     if bad:  # each with its reason, whatever the output
@@ -142,18 +154,18 @@ def cmd_bench(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from attrnet.card import model_card
     from attrnet.inference import load_model
-    from attrnet.inference.export import export_hub, export_onnx, sidecar_path
+    from attrnet.inference.export import check_export_target, export_hub, export_onnx, sidecar_path
 
     atomic.check_writable(args.out, folder=args.format == "hub")
+    check_export_target(args.out, args.format, args.overwrite)  # before the model is loaded
     model = load_model(args.model, device="cpu", tta=args.tta, precision="fp32")
     if args.format == "onnx":
-        out = export_onnx(model, args.out, args.tta or "none")
+        out = export_onnx(model, args.out, args.tta or "none", overwrite=args.overwrite)
         print(f"wrote {out} and {sidecar_path(out)}")
     else:
-        from attrnet.card import model_card
-
-        out = export_hub(model, args.out, card=model_card(model.info))
+        out = export_hub(model, args.out, card=model_card(model.info), overwrite=args.overwrite)
         print(f"wrote {out} (config.json, model.safetensors, README.md: the model card)")
 
 

@@ -10,15 +10,17 @@ from attrnet import __version__
 from attrnet.config_rules import PRECISIONS, TTA_MODES
 
 
-def _count(minimum: int):
-    """An argparse type: a whole number of at least `minimum` (argparse prints the usage line and exits 2)."""
+def _count(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number of at least `minimum` (and at most `maximum`); a bad one is the usage
+    error's one line and exit 2."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
         return value
     parse.__name__ = "count"
     return parse
@@ -151,6 +153,8 @@ def _add_export(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="a run folder or a .pt checkpoint")
     p.add_argument("--format", required=True, choices=["onnx", "hub"])
     p.add_argument("--out", required=True, help="model.onnx (onnx) or a new folder (hub)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing export at --out (otherwise an existing one is an error)")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation to bake in (onnx: none or flip; "
                                                     "default: the run's for hub, none for onnx)")
 
@@ -215,7 +219,7 @@ def _add_serve(sub) -> None:
                                    "Needs the serve extra: pip install 'attrnet[serve]'.")
     p.add_argument("model", metavar="MODEL", help="a run folder, a .pt checkpoint, an exported folder or .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_count(0), default=8000)
+    p.add_argument("--port", type=_count(0, 65535), default=8000, help="TCP port (0-65535; default 8000)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",

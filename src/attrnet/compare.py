@@ -97,7 +97,6 @@ def run_comparison(cfg: Config, methods: list[str], seeds: list[int], out: str |
                 folder = run_folder(out, m, s)
                 fit(run_config(cfg, m, s), folder, resume=folder.is_dir(), progress=False, data=data)
         bar.close()
-    log.info("%d runs trained, %d were finished already", len(todo), len(runs) - len(todo))
     rows = comparison_table({(m, s): read_run(run_folder(out, m, s)) for m, s in runs}, methods, seeds)
     paths = write_comparison(rows, out)
     return {"rows": rows, "paths": paths, "trained": len(todo), "skipped": len(runs) - len(todo)}
@@ -159,7 +158,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, dtype=float)
     if np.isnan(a).all():
         return float("nan"), float("nan")
-    return float(np.nanmean(a)), float(np.nanstd(a, ddof=1)) if np.sum(~np.isnan(a)) > 1 else 0.0
+    # one seed has no spread: NaN (the table then shows the mean alone, not "± 0.0000")
+    return float(np.nanmean(a)), float(np.nanstd(a, ddof=1)) if np.sum(~np.isnan(a)) > 1 else float("nan")
 
 
 def _delta_m(run: np.ndarray, base: np.ndarray) -> float:
@@ -215,7 +215,10 @@ def _f(x: float, digits: int, signed: bool = False) -> str:
 
 
 def _pm(mean: float, std: float, digits: int, signed: bool = False) -> str:
-    return f"{_f(mean, digits, signed)} ± {_f(std, digits)}" if not np.isnan(mean) else "n/a"
+    """mean ± sd; the mean alone where there is no spread (one seed)."""
+    if np.isnan(mean):
+        return "n/a"
+    return _f(mean, digits, signed) if np.isnan(std) else f"{_f(mean, digits, signed)} ± {_f(std, digits)}"
 
 
 def plot_comparison(rows: list[dict], path: Path) -> Path:

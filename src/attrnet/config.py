@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from attrnet.config_rules import ATTRIBUTE_PRESETS, RULES
+from attrnet.config_rules import ATTRIBUTE_PRESETS, DEFERRED_KEYS, RULES
 from attrnet.errors import AttrnetError
 
 
@@ -183,7 +183,7 @@ def _section_fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def config_from_dict(raw: dict | None, origin: str = "config") -> Config:
+def config_from_dict(raw: dict | None, origin: str = "config", overridden: dict | None = None) -> Config:
     """Build a Config from nested dicts; anything that is not a valid config is an AttrnetError.
 
     Every key's type, range and choices are checked here (RULES), so the code that uses a value can trust it.
@@ -201,7 +201,7 @@ def config_from_dict(raw: dict | None, origin: str = "config") -> Config:
                                f"{', '.join(valid)}")
         kwargs[name] = cls(**value)
     cfg = Config(**kwargs)
-    validate(cfg, origin)
+    validate(cfg, origin, overridden)
     return cfg
 
 
@@ -234,15 +234,19 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def validate(cfg: Config, origin: str = "config") -> None:
-    """Check (and normalise in place) every key of every section; the first bad one is an AttrnetError."""
-    for section, rules in RULES.items():
+def validate(cfg: Config, origin: str = "config", overridden: dict | None = None) -> None:
+    """Check (and normalise in place) every key of every section; the first bad one is an AttrnetError that names
+    where the value came from: the override that set it ({(section, key): "section.key=value"}), else origin.
+    Keys whose rule is slow (DEFERRED_KEYS: the backbone's asks torchvision) are checked after all the others,
+    so that any other mistake is reported before torch is even imported."""
+    keys = [(s, k) for s, rules in RULES.items() for k in rules]
+    for section, key in sorted(keys, key=lambda sk: sk in DEFERRED_KEYS):
         obj = getattr(cfg, section)
-        for key, rule in rules.items():
-            try:
-                setattr(obj, key, rule(getattr(obj, key)))
-            except ValueError as exc:
-                raise AttrnetError(f"{origin}: {section}.{key} {exc}") from None
+        try:
+            setattr(obj, key, RULES[section][key](getattr(obj, key)))
+        except ValueError as exc:
+            where = f"override {overridden[(section, key)]}" if overridden and (section, key) in overridden else origin
+            raise AttrnetError(f"{where}: {section}.{key} {exc}") from None
     if cfg.train.swa_epochs > cfg.train.epochs:
         raise AttrnetError(f"{origin}: train.swa_epochs ({cfg.train.swa_epochs}) must be at most train.epochs "
                            f"({cfg.train.epochs}): it averages the weights of the last swa_epochs epochs")
@@ -302,7 +306,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         origin = str(path)
         raw = _check_shape(raw, origin)
         raw = _anchor_paths(raw, path.resolve().parent)
-    cfg = config_from_dict(apply_overrides(raw, overrides or []), origin)
+    cfg = config_from_dict(apply_overrides(raw, overrides or []), origin, _overridden(overrides or []))
     for section, key in PATH_KEYS:  # command-line values and defaults: relative to the working directory
         value = getattr(getattr(cfg, section), key)
         if isinstance(value, str):
@@ -314,6 +318,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("model", "pretrained"))
+
+
+def _overridden(overrides: list[str]) -> dict[tuple[str, str], str]:
+    """{(section, key): the override as given}, the last one of a key winning (as apply_overrides does)."""
+    out = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip().split(".")
+        if len(key) == 2:
+            out[(key[0], key[1])] = item
+    return out
 
 
 def _anchor_paths(raw: dict, base: Path) -> dict:

@@ -242,6 +242,10 @@ def _weighting_args(value: Any) -> dict:
     return out
 
 
+# Rules that are slow to run (the backbone's imports torchvision to know its models): checked after every other
+# key, so a mistake elsewhere in a config is reported at once (attrnet.config.validate).
+DEFERRED_KEYS = {("model", "backbone")}
+
 RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
     "data": {
         "root": _text, "format": _choice(*FORMATS),

@@ -253,7 +253,9 @@ def subgroup_metrics(probs: np.ndarray, labels: np.ndarray, names: Sequence[str]
     by_labels: float [N, K] (1.0, 0.0, NaN) of the K attributes named in by_names, same rows as labels.
     Returns ``{by_name: {"1": metrics, "0": metrics, "accuracy_gap": {attribute: acc(1) - acc(0)}}}``
     where each metrics dict is attribute_metrics' (with "mean_majority_accuracy" and per attribute
-    "majority_accuracy", the baseline inside that subgroup).
+    "majority_accuracy", the baseline inside that subgroup). A `by` attribute that is also predicted is left out
+    of its own subgroups (every image of Male = 1 has Male = 1: a trivial row that would move the means), so
+    evaluate's table, its means and the model card all leave it out.
     """
     probs, labels = _check(probs, labels)
     _, by_labels = _check(None, by_labels)
@@ -261,12 +263,16 @@ def subgroup_metrics(probs: np.ndarray, labels: np.ndarray, names: Sequence[str]
         raise ValueError(f"by_labels shape {by_labels.shape} does not match {labels.shape[0]} rows x "
                          f"{len(by_names)} subgroup attributes")
     out: dict[str, dict] = {}
+    names = [str(n) for n in names]
+    t = _thresholds(thresholds, len(names))
     for k, by in enumerate(by_names):
+        keep = [j for j, n in enumerate(names) if n != by]
+        kept = [names[j] for j in keep]
         entry: dict = {}
         for value in (1, 0):
             rows = by_labels[:, k] == value
-            entry[str(value)] = attribute_metrics(probs[rows], labels[rows], names, thresholds)
+            entry[str(value)] = attribute_metrics(probs[rows][:, keep], labels[rows][:, keep], kept, t[keep])
         entry["accuracy_gap"] = {n: entry["1"]["attributes"][n]["accuracy"] - entry["0"]["attributes"][n]["accuracy"]
-                                 for n in names}
+                                 for n in kept}
         out[str(by)] = entry
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from attrnet.data.label_text import counted, read_label_text
+from attrnet.data.provenance import read_provenance
 from attrnet.data.table import AttributeTable
 from attrnet.errors import AttrnetError
 
@@ -39,7 +40,7 @@ def read_celeba(root: str | Path) -> AttributeTable:
     names, files, labels = _read_attr_file(attr_path)
     partition = _read_partition(root / PARTITION_FILE, files)
     return AttributeTable(image_dir=image_dir, files=files, names=names, labels=labels,
-                          partition=partition, source=str(root))
+                          partition=partition, source=str(root), extra={"provenance": read_provenance(root)})
 
 
 def _read_attr_file(path: Path) -> tuple[list[str], list[str], np.ndarray]:

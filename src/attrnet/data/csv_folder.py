@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from attrnet.data.label_text import counted, read_label_text
+from attrnet.data.provenance import read_provenance
 from attrnet.data.table import AttributeTable
 from attrnet.errors import AttrnetError
 
@@ -55,7 +56,8 @@ def read_csv_folder(root: str | Path, labels: str | Path = "labels.csv") -> Attr
     if not files:
         raise AttrnetError(f"{path}: no label rows")
     return AttributeTable(image_dir=root, files=files, names=names,
-                          labels=np.asarray(rows, dtype=np.float32), source=str(path))
+                          labels=np.asarray(rows, dtype=np.float32), source=str(path),
+                          extra={"provenance": read_provenance(root)})
 
 
 def _records(path: Path):

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from attrnet.atomic import write_text
+from attrnet.data.provenance import write_provenance
 
 SYNTHETIC_ATTRIBUTES: list[str] = ["Eyeglasses", "Male", "Smiling", "Wearing_Hat", "Wearing_Necklace",
                                    "Wearing_Necktie", "Wearing_Earrings", "Wearing_Lipstick"]
@@ -268,6 +269,9 @@ def write_synthetic_celeba(out: str | Path, n: int, seed: int = 0, size: tuple[i
         attr_lines.append(fname + " " + " ".join("%2d" % (1 if attrs[a] else -1) for a in SYNTHETIC_ATTRIBUTES))
         part_lines.append(f"{fname} {split}")
     write_text(out / PARTITION_FILE, "".join(line + "\n" for line in part_lines))
-    header = f"{n}\n{' '.join(SYNTHETIC_ATTRIBUTES)}\n"
+    write_provenance(out, {"dataset": "synthetic", "input": "image",
+                           "description": "synthetic cartoon faces drawn by attrnet, not photographs of people",
+                           "made_by": f"attrnet data synth --n {n} --seed {seed} --size {w}"})
+    header = f"{n}\n{' '.join(SYNTHETIC_ATTRIBUTES)}\n"  # last: the label file says the folder is complete
     write_text(out / ATTR_FILE, header + "".join(line + "\n" for line in attr_lines))
     return out

@@ -73,18 +73,39 @@ def _on_host(obj: Any) -> Any:
     return obj
 
 
-def model_meta(cfg: Config, names: list[str], groups, normalization: dict | None = None) -> dict:
+def trained_on(cfg: Config, table) -> dict:
+    """What a run's images are: {"dataset": kind, "description", "made_by", "input": image | aligned_face, and for
+    aligned faces "face_frame", "face_template"}: the folder's provenance (attrnet.data.provenance) when attrnet
+    made it, else what its format is (CelebA's aligned set is aligned faces)."""
+    prov = dict((table.extra or {}).get("provenance") or {})
+    record = {"dataset": prov.get("dataset", cfg.data.format), "description": prov.get("description"),
+              "made_by": prov.get("made_by"), "input": prov.get("input"),
+              "face_frame": prov.get("face_frame"), "face_template": prov.get("face_template")}
+    if record["input"] is None:
+        record["input"] = "aligned_face" if cfg.data.format == "celeba" else "image"
+    return record
+
+
+def model_meta(cfg: Config, names: list[str], groups, normalization: dict | None = None,
+               data: dict | None = None) -> dict:
     """What a checkpoint needs besides weights to rebuild and use the model on its own: the config, the
-    attributes and groups, and how the model reads an image (attrnet.preprocessing.Preprocessing, with the
-    network's own normalisation: {"mean", "std", "interpolation"} of its weights)."""
-    return dict(config=cfg.to_dict(), attributes=list(names), groups=groups,
-                preprocessing=Preprocessing.from_config(cfg.data, cfg.model, normalization or IMAGENET_NORMALIZATION).to_dict())
+    attributes and groups, what it was trained on (trained_on's record) and how it reads an image
+    (attrnet.preprocessing.Preprocessing, with the network's own normalisation: {"mean", "std", "interpolation"}
+    of its weights, and the input kind of its data)."""
+    data = data or {}
+    frame, template = data.get("face_frame"), data.get("face_template")
+    pre = Preprocessing.from_config(cfg.data, cfg.model, normalization or IMAGENET_NORMALIZATION,
+                                    input=data.get("input") or "image",
+                                    face_frame=tuple(frame) if frame else None,
+                                    face_template=tuple(map(tuple, template)) if template else None)
+    return dict(config=cfg.to_dict(), attributes=list(names), groups=groups, preprocessing=pre.to_dict(),
+                trained_on={k: data.get(k) for k in ("dataset", "description", "made_by")} if data else None)
 
 
 def checkpoint_state(t, weighting, averages: Averages, epoch: int, history: list[dict],
-                     best_metric: float, cfg: Config, names: list[str], groups) -> dict:
+                     best_metric: float, cfg: Config, names: list[str], groups, data: dict | None = None) -> dict:
     """One checkpoint: the weights, what resuming needs (optimizer, schedule, weighting, averages, history) and
     what using the model needs (model_meta), as torchvision's reference script keeps one dict."""
     return dict(model=t.model.state_dict(), optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
                 epoch=epoch, history=history, best_metric=best_metric, weighting=weighting.state_dict(),
-                **averages.state(), **model_meta(cfg, names, groups, t.model.normalization))
+                **averages.state(), **model_meta(cfg, names, groups, t.model.normalization, data))

@@ -21,7 +21,7 @@ from attrnet.device import resolve_device
 from attrnet.engine import distributed as ddp
 from attrnet.engine.averaging import Averages, WeightAverage, recompute_batchnorm
 from attrnet.engine.batch import mixup_rng, prepare_batch
-from attrnet.engine.checkpoint import RESUME_ONLY, CheckpointWriter, checkpoint_state, save_checkpoint
+from attrnet.engine.checkpoint import RESUME_ONLY, CheckpointWriter, checkpoint_state, save_checkpoint, trained_on
 from attrnet.engine.distill import distillation_targets
 from attrnet.engine.evaluate import finish, predict_logits
 from attrnet.engine.optim import build_optimizer, build_scheduler, compute_pos_weight
@@ -185,6 +185,7 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
     # validation normalises as training does: with the backbone's weights' statistics
     val_normalize = make_normalize(t.model.normalization, 1 if cfg.data.grayscale else 3).to(device)
     freezing = BackboneFreezing(t, cfg, start_epoch, device, dist)
+    record = trained_on(cfg, data.table)  # what the images are: the checkpoint, its exports and card say it
     writer = CheckpointWriter()  # the next epoch trains while the disk takes this one's checkpoints
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
@@ -204,7 +205,7 @@ def _fit(cfg: Config, run_dir: Path, data: PreparedData, dist: ddp.DistInfo, dev
             score = row.get("val/mean_accuracy", -train_loss)
             if dist.is_main:
                 state = checkpoint_state(t, weighting, averages, epoch, history, max(best, score), cfg, names,
-                                         data.groups)
+                                         data.groups, record)
                 # the model file: the best epoch on validation, or the latest (train.select); what resuming alone
                 # needs stays in last.pt (a third the size)
                 if score > best or cfg.train.select == "last":

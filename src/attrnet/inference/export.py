@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,11 +35,13 @@ def sidecar_path(onnx_path: str | Path) -> Path:
     return Path(onnx_path).with_suffix(".json")
 
 
-def export_onnx(model: AttributeModel, out: str | Path, tta: str = "none") -> Path:
-    """Write out (.onnx) and its JSON sidecar; returns the .onnx path."""
+def export_onnx(model: AttributeModel, out: str | Path, tta: str = "none", overwrite: bool = False) -> Path:
+    """Write out (.onnx) and its JSON sidecar; returns the .onnx path. Existing ones are replaced only with
+    overwrite."""
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise AttrnetError(f"--out for --format onnx must end in .onnx, got {out}")
+    check_export_target(out, "onnx", overwrite)
     if check_tta(tta) not in ONNX_TTA:
         raise AttrnetError(f"--tta {tta} cannot be baked into an ONNX graph; use one of {', '.join(ONNX_TTA)}")
     _require("onnx", "onnxscript")
@@ -81,13 +84,26 @@ def _check_dynamic_batch(path: Path) -> None:
         raise AttrnetError(f"ONNX export fixed the batch size to {dim.dim_value}; please report this")
 
 
-def export_hub(model: AttributeModel, out: str | Path, card: str | None = None) -> Path:
-    """Write the Hugging Face layout into folder out (created; an existing one must be empty)."""
+def check_export_target(out: str | Path, fmt: str, overwrite: bool = False) -> None:
+    """One rule for every export: an existing output (the .onnx or its sidecar; a folder that is not empty) is
+    replaced only with overwrite, and never half-way."""
+    out = Path(out)
+    taken = [p for p in ((out, sidecar_path(out)) if fmt == "onnx" else (out,))
+             if p.exists() and not (p.is_dir() and not any(p.iterdir()))]
+    if taken and not overwrite:
+        raise AttrnetError(f"--out {taken[0]} exists; add --overwrite to replace it")
+
+
+def export_hub(model: AttributeModel, out: str | Path, card: str | None = None, overwrite: bool = False) -> Path:
+    """Write the Hugging Face layout into folder out (created; an existing one must be empty unless overwrite,
+    which replaces it whole). Files get the usual permissions (0644 and a 0755 folder under a 022 umask), so
+    another user or a container can read the model."""
     from safetensors.torch import save_model
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise AttrnetError(f"--out {out} exists and is not an empty folder")
+    check_export_target(out, "hub", overwrite)
+    if out.exists() and not out.is_dir():
+        raise AttrnetError(f"--out {out} is a file, not a folder")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:
         net = model.net.to("cpu").to(memory_format=torch.contiguous_format)
@@ -96,10 +112,17 @@ def export_hub(model: AttributeModel, out: str | Path, card: str | None = None) 
         info.update(tta=model.tta)
         (staging / HUB_CONFIG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         (staging / "README.md").write_text(card or default_card(model), encoding="utf-8")
+        for f in staging.iterdir():  # mkdtemp's 0700 and safetensors' 0600 would keep the model to one user
+            f.chmod(0o666 & ~atomic.umask())
+        staging.chmod(0o777 & ~atomic.umask())
         out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            out.rmdir()
+        old = None
+        if out.exists():  # an empty folder, or the export being replaced: moved aside, gone after the rename
+            old = out.with_name(f".{out.name}.replaced.{os.getpid()}")
+            out.rename(old)
         staging.rename(out)  # the folder appears complete, or not at all
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -37,6 +37,7 @@ class ModelInfo:
     metrics: dict | None = None    # the run's test metrics (metrics.json), when known
     source: str = ""
     latent: dict = field(default_factory=dict)  # latent_task only: {"features": "shared" | "per_attribute"}
+    trained_on: dict | None = None  # {"dataset", "description", "made_by"} (engine.checkpoint.trained_on)
 
     # the preprocessing facts every reader of an image asks for
     @property
@@ -65,7 +66,8 @@ class ModelInfo:
         return {"library_name": "attrnet", "attrnet_format": HUB_FORMAT, "kind": self.kind,
                 "attributes": list(self.attributes), "thresholds": [float(t) for t in self.thresholds],
                 "groups": self.groups, "tta": self.tta, "latent": self.latent,
-                "preprocessing": self.preprocessing.to_json(), "config": self.config, "metrics": self.metrics}
+                "preprocessing": self.preprocessing.to_json(), "config": self.config, "metrics": self.metrics,
+                "trained_on": self.trained_on}
 
     @classmethod
     def from_json(cls, obj: dict, source: str) -> "ModelInfo":
@@ -74,7 +76,7 @@ class ModelInfo:
                        thresholds=np.asarray(obj["thresholds"], dtype=np.float64),
                        preprocessing=Preprocessing.from_json(obj["preprocessing"], obj.get("tta", "none")),
                        config=obj["config"], groups=obj.get("groups"), metrics=obj.get("metrics"), source=source,
-                       latent=obj.get("latent") or {})
+                       latent=obj.get("latent") or {}, trained_on=obj.get("trained_on"))
         except (KeyError, TypeError, ValueError) as exc:
             raise AttrnetError(f"{source}: not an attrnet model description (missing or bad {exc})") from None
 
@@ -108,7 +110,8 @@ def info_from_checkpoint(ckpt: dict) -> ModelInfo:
                      preprocessing=Preprocessing.from_checkpoint(ckpt, ckpt.get("config") or {}),
                      config=cfg.to_dict(), groups=ckpt.get("groups"),
                      metrics=_run_metrics(run_dir), source=str(path),
-                     latent={"features": ckpt.get("features", "shared")} if ckpt["kind"] == KIND_LATENT_TASK else {})
+                     latent={"features": ckpt.get("features", "shared")} if ckpt["kind"] == KIND_LATENT_TASK else {},
+                     trained_on=ckpt.get("trained_on"))
 
 
 def _run_metrics(run_dir: Path) -> dict | None:

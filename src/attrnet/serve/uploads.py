@@ -144,7 +144,8 @@ async def read_uploads(stream: AsyncIterator[bytes], content_type: str | None, c
 
     stream: the request body's chunks (Starlette's request.stream()). The whole read must finish within
     timeout_s: a client that stops sending gets a 408 rather than holding its connection for ever."""
-    if _declared_length(content_length, max_bytes) == 0:
+    declared = _declared_length(content_length, max_bytes)
+    if declared == 0 or (declared is None and not content_type):  # docs/serving.md: no body is a 400
         raise UploadError(400, f"the request has no body; send one or more images as multipart/form-data in "
                                f"fields named {FILE_FIELD!r}")
     boundary = _boundary(content_type)
