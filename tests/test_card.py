@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from attrnet import metrics
-from attrnet.card import CELEBA_NOISE, model_card, read_info
+from attrnet.card import CELEBA_NOISE, model_card
+from attrnet.inference.sources import read_info
 
 NAN = float("nan")
 

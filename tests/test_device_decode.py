@@ -107,7 +107,8 @@ def test_prediction_with_device_decoding_and_a_one_batch_lag(tmp_path, csv_run):
     """iter_files' device path (forced on the CPU): every image once, in input order, the same probabilities as
     the model's own predict, the unreadable ones reported."""
     from attrnet.inference import load_model
-    from attrnet.predict import find_images, iter_files
+    from attrnet.data.images import find_images
+    from attrnet.predict import iter_files
 
     model = load_model(csv_run["run"], "cpu", precision="fp32")
     (tmp_path / "junk.jpg").write_bytes(b"junk")

@@ -1,6 +1,7 @@
 """Model cards: a trained model described in the Hugging Face model-card format (README.md with YAML front matter).
 
-    text = model_card(read_info("runs/celeba40"), evaluation=None)    # evaluation: evaluate_checkpoint(..., by=[...])
+    text = model_card(read_info("runs/celeba40"), evaluation=None)    # read_info: attrnet.inference.sources;
+                                                                      # evaluation: evaluate_checkpoint(..., by=[...])
                                                                       # (attrnet.engine.evaluate), or read_evaluation
     write_card(text, "runs/celeba40/MODEL_CARD.md")
 
@@ -21,8 +22,7 @@ import yaml
 
 from attrnet import __version__, atomic
 from attrnet.errors import AttrnetError
-from attrnet.inference.checkpoint import load_checkpoint
-from attrnet.inference.sources import HUB_CONFIG, ModelInfo, info_from_checkpoint
+from attrnet.inference.sources import ModelInfo, info_from_checkpoint
 
 CARD_FILE = "MODEL_CARD.md"
 GAPS_SHOWN = 5
@@ -43,18 +43,6 @@ CELEBA_NOISE = ("CelebA's labels are noisy: when two annotators independently as
                 "Accuracy against these labels has a ceiling well below 100% for many attributes, small gains are "
                 "within that noise, and subjective attributes (Attractive, Young, Big_Nose, ...) measure agreement "
                 "with one annotator's judgement rather than a property of the face.")
-
-
-def read_info(source: str | Path) -> ModelInfo:
-    """The description of a model without its weights: a run folder, a checkpoint, an exported folder, a .onnx."""
-    path = Path(source)
-    if path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file()
-                                  and not (path / HUB_CONFIG).is_file()):
-        onnx = path if path.suffix == ".onnx" else path / "model.onnx"
-        return ModelInfo.from_json(_read_json(onnx.with_suffix(".json")), str(onnx))
-    if path.is_dir() and (path / HUB_CONFIG).is_file():
-        return ModelInfo.from_json(_read_json(path / HUB_CONFIG), str(path))
-    return info_from_checkpoint(load_checkpoint(path))
 
 
 def _read_json(path: Path) -> dict:

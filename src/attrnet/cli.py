@@ -95,19 +95,23 @@ def decision_table(rows: list[dict], names: list[str], thresholds) -> str:
 
 
 def cmd_predict(args) -> None:
+    from attrnet.data.images import find_images
     from attrnet.inference import load_model
-    from attrnet.predict import check_output, find_images, predict_to_file
+    from attrnet.inference.sources import read_info
+    from attrnet.predict import check_output, predict_to_file
 
     if args.out:
         atomic.check_writable(args.out)
         check_output(args.out)
     paths = find_images(args.paths)  # a missing image or folder is reported before the model is loaded
+    faces = _use_faces(read_info(args.checkpoint) if Path(args.checkpoint).exists() else None, args.faces)
     predictor = load_model(args.checkpoint, args.device, args.tta, precision=args.precision, runtime=args.runtime)
-    n, bad, rows = predict_to_file(predictor, paths, args.out, args.batch_size)
-    if not args.out:
-        print(decision_table(rows, predictor.attributes, predictor.thresholds))
+    if faces or (faces is None and _use_faces(predictor.info, args.faces)):
+        bad = _predict_faces(predictor, paths, args)
     else:
-        print(f"wrote {n} predictions to {args.out}")
+        n, bad, rows = predict_to_file(predictor, paths, args.out, args.batch_size)
+        print(decision_table(rows, predictor.attributes, predictor.thresholds) if not args.out
+              else f"wrote {n} predictions to {args.out}")
     if bad:  # each with its reason, whatever the output
         print(f"skipped {len(bad)} unreadable image(s):", file=sys.stderr)
         for path, why in bad[:SHOWN]:
@@ -115,6 +119,51 @@ def cmd_predict(args) -> None:
         if len(bad) > SHOWN:
             print(f"  ... and {len(bad) - SHOWN} more" + (f" (all in {args.out})" if str(args.out).endswith(".json")
                                                           else ""), file=sys.stderr)
+
+
+def _use_faces(info, mode: str) -> bool | None:
+    """--faces: on, off, or auto (on exactly when the model was trained on aligned faces); None when the model's
+    description is not at hand yet (a Hub repo id: known once downloaded). Says so on the first line when a face
+    model reads each image whole."""
+    if info is None:
+        return None
+    aligned = info.preprocessing.input == "aligned_face"
+    if mode == "on" and not aligned:
+        raise AttrnetError(f"--faces on: {info.source} was trained on whole images, not on aligned faces; "
+                           f"predict the images whole (--faces off)")
+    if mode == "off" and aligned:
+        print(f"note: {info.source} was trained on aligned faces; with --faces off each image is read as if it "
+              f"were one (--faces auto finds and aligns the faces of ordinary photos)", file=sys.stderr)
+    use = mode == "on" or (mode == "auto" and aligned)
+    if use:
+        from attrnet.faces.detect import require_facenet
+        require_facenet()  # the faces extra: one line saying how to install it, before anything is written
+    return use
+
+
+def _predict_faces(model, paths, args) -> list:
+    from attrnet.predict import predict_faces_to_file
+
+    outcome = predict_faces_to_file(model, paths, args.out, args.batch_size)
+    if args.out:
+        print(f"wrote {outcome.faces} face(s) of {len(paths)} image(s) to {args.out}")
+    else:
+        print(face_table(outcome.rows, model.attributes, model.thresholds))
+    if outcome.without_face:
+        print(f"{len(outcome.without_face)} image(s) without a face, e.g. {outcome.without_face[0]}", file=sys.stderr)
+    return outcome.unreadable
+
+
+def face_table(images: list[dict], names: list[str], thresholds) -> str:
+    """predict --faces' terminal table: one line per face (image, face number from 0, largest first, its box),
+    then each attribute's probability, starred where it is a yes."""
+    rows = []
+    for image in images:
+        for j, f in enumerate(image["faces"]):
+            box = ",".join(f"{v:.0f}" for v in f["box"])
+            rows.append({"image": f"{image['image']} #{j} [{box}]", "probabilities": f["probabilities"],
+                         "attributes": f["attributes"]})
+    return decision_table(rows, names, thresholds)
 
 
 def cmd_data(args) -> None:
@@ -127,6 +176,16 @@ def cmd_data(args) -> None:
         t0 = time.perf_counter()
         write_synthetic_celeba(out, args.n, args.seed, size=(args.size, args.size))
         print(f"wrote {args.n} synthetic faces to {args.out} in {time.perf_counter() - t0:.1f}s")
+    elif args.data_command == "align":
+        from attrnet.faces.detect import require_facenet
+        from attrnet.faces.folder import align_folder
+
+        atomic.check_writable(args.out, folder=True)
+        require_facenet()
+        report = align_folder(args.src, args.out, args.labels, args.layout, args.overwrite, args.device)
+        print(f"wrote {report.written} aligned face(s) to {args.out}; {len(report.no_face)} photo(s) without a face "
+              f"(no_face.txt), {len(report.several)} with several (several_faces.txt: the largest was kept)"
+              + (f", {len(report.unreadable)} unreadable (unreadable.txt)" if report.unreadable else ""))
     else:
         from attrnet.data.inspect import format_inspection, inspect_folder
 
@@ -194,7 +253,8 @@ def cmd_serve(args) -> None:
 
 
 def cmd_card(args) -> None:
-    from attrnet.card import model_card, read_evaluation, read_info, write_card
+    from attrnet.card import model_card, read_evaluation, write_card
+    from attrnet.inference.sources import read_info
 
     if args.by and args.evaluation:
         raise AttrnetError("--by and --evaluation both give the subgroups: use one of them")

@@ -100,6 +100,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's model.tta)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="torch, or onnx: ONNX Runtime on the CPU (MODEL: an exported .onnx file; default torch)")
+    p.add_argument("--faces", choices=["auto", "on", "off"], default="auto",
+                   help="auto (default): for a model trained on aligned faces (CelebA), find each photo's faces, align "
+                        "them to its template and give one row per face; on: always; off: read each image whole "
+                        "(needs the faces extra: pip install 'attrnet[faces]')")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto (bf16 on a GPU or a CPU with native bf16, else fp32), bf16 or fp32 (the exported "
                         "ONNX graph's arithmetic); the choice is logged")
@@ -107,7 +111,7 @@ def _add_predict(sub) -> None:
 
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="make or inspect data sets")
-    dsub = p.add_subparsers(dest="data_command", metavar="{synth,inspect}", required=True)
+    dsub = p.add_subparsers(dest="data_command", metavar="{synth,align,inspect}", required=True)
     s = dsub.add_parser("synth", help="draw synthetic faces in the CelebA layout",
                         description="Synthetic faces with the seed's 8 attributes, in the CelebA layout.")
     s.add_argument("--out", required=True, help="folder to write (new or empty, unless --overwrite)")
@@ -115,6 +119,19 @@ def _add_data(sub) -> None:
     s.add_argument("--seed", type=_count(0), default=0)
     s.add_argument("--size", type=_count(8), default=64, help="image width and height in pixels (8 or more)")
     s.add_argument("--overwrite", action="store_true", help="write into a folder that already has files")
+    a = dsub.add_parser("align", help="turn a folder of photos into aligned face crops (CelebA's frame)",
+                        description="Each photo's largest face, found with its landmarks and aligned to CelebA's "
+                                    "template, written as a 178 x 218 JPEG; photos without a face are listed in "
+                                    "no_face.txt, photos with several in several_faces.txt. With --labels, the "
+                                    "rows of the photos that gave a face are written beside the crops, ready to "
+                                    "train on. Needs the faces extra: pip install 'attrnet[faces]'.")
+    a.add_argument("src", help="folder of photos")
+    a.add_argument("--out", required=True, help="new folder for the aligned crops")
+    a.add_argument("--labels", help="CSV image,attrA,... naming the photos (relative to SRC, or an absolute path)")
+    a.add_argument("--layout", choices=["csv", "celeba"], default="csv",
+                   help="csv: images/ + labels.csv (default); celeba: img_align_celeba/ + list_attr_celeba.txt")
+    a.add_argument("--overwrite", action="store_true", help="replace a folder that is not empty")
+    a.add_argument("--device", default="cpu")
     i = dsub.add_parser("inspect", help="counts, label rates and image sizes of a data set",
                         description="Counts, positive and unknown rates per attribute, image sizes, "
                                     "unreadable files.")

@@ -11,8 +11,9 @@ import contextlib
 import csv
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,24 +23,6 @@ from attrnet import atomic
 from attrnet.data.device_decode import decode_batch
 from attrnet.data.images import load_image
 from attrnet.errors import AttrnetError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-
-def find_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Image files named directly, and every image file under named folders (sorted)."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise AttrnetError(f"no such image or folder: {p}")
-    if not out:
-        raise AttrnetError(f"no images found in {', '.join(map(str, inputs))}")
-    return out
 
 
 class _Files(Dataset):
@@ -178,3 +161,68 @@ def predict_to_file(model, paths: list[Path], out: str | Path | None,
                                              "unreadable": [{"image": str(b), "reason": why} for b, why in bad_all]},
                                             indent=1))
     return n, bad_all, rows
+
+
+PHOTOS_PER_CALL = 16  # photos decoded, searched and predicted together: memory stays a few photos' worth
+
+
+@dataclass
+class FaceOutcome:
+    """predict_faces_to_file's tally: faces written, photos without a face, unreadable photos (with why), and the
+    rows (for the terminal) when there is no output file."""
+
+    faces: int = 0
+    without_face: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+
+def predict_faces_to_file(model, paths: list[Path], out: str | Path | None, batch_size: int = 64) -> FaceOutcome:
+    """Every face of every photo (model.predict_faces), one row per face: CSV `image,face,x1,y1,x2,y2,face_score,
+    <attr>_prob...,<attr>...` (faces numbered from 0, largest first; a photo without a face has no row), or JSON
+    nested per image. Written atomically; a photo without a face or an unreadable one is counted, never fatal."""
+    names = model.attributes
+    out = check_output(out)
+    tally = FaceOutcome(seconds=dict.fromkeys(("decode", "detect", "align", "model"), 0.0))
+    use_csv = out is not None and out.suffix.lower() == ".csv"
+    images: list[dict] = []
+    with atomic.atomic_path(out) if out else contextlib.nullcontext() as tmp:
+        fh = open(tmp, "w", newline="") if use_csv else None
+        writer = csv.writer(fh) if fh else None
+        if writer:
+            writer.writerow(["image", "face", "x1", "y1", "x2", "y2", "face_score"] + [f"{a}_prob" for a in names]
+                            + names)
+        for start in range(0, len(paths), PHOTOS_PER_CALL):
+            chunk = paths[start:start + PHOTOS_PER_CALL]
+            result = model.predict_faces(chunk, batch_size=batch_size)
+            for stage, s in result.seconds.items():
+                tally.seconds[stage] += s
+            tally.unreadable += [(chunk[i], why) for i, why in result.failed]
+            tally.without_face += [chunk[i] for i in result.without_face]
+            for path, faces in zip(chunk, result.faces):
+                tally.faces += len(faces)
+                if writer:
+                    for j, f in enumerate(faces):
+                        writer.writerow([str(path), j, *(f"{v:.1f}" for v in f["box"]), f"{f['score']:.4f}",
+                                         *(f"{v:.5f}" for v in f["probabilities"]), *f["decisions"].tolist()])
+                elif faces or out is None:
+                    images.append({"image": str(path), "faces": [_face_json(f, names) for f in faces]})
+        if fh:
+            fh.close()
+        if tally.unreadable and len(tally.unreadable) == len(paths):
+            raise AttrnetError(f"none of the {len(paths)} image(s) could be read: {tally.unreadable[0][1]}")
+        if out is not None and not use_csv:
+            Path(tmp).write_text(json.dumps({
+                "attributes": names, "thresholds": model.thresholds.tolist(), "images": images,
+                "without_face": [str(p) for p in tally.without_face],
+                "unreadable": [{"image": str(b), "reason": why} for b, why in tally.unreadable]}, indent=1))
+    tally.rows = images if out is None else []
+    return tally
+
+
+def _face_json(face: dict, names: list[str]) -> dict:
+    return {"box": [round(v, 1) for v in face["box"]], "score": round(face["score"], 4),
+            "landmarks": [[round(x, 1), round(y, 1)] for x, y in face["landmarks"]],
+            "probabilities": {a: round(float(p), 5) for a, p in zip(names, face["probabilities"])},
+            "attributes": {a: int(d) for a, d in zip(names, face["decisions"])}}

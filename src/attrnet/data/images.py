@@ -14,6 +14,7 @@ import io
 import math
 import re
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -161,3 +162,22 @@ def resize_images(images: list[torch.Tensor], size: tuple[int, int], resize: str
         for i, img in zip(members, batch):
             out[i] = img
     return out  # type: ignore[return-value]
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+def find_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Image files named directly, and every image file under named folders (sorted)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise AttrnetError(f"no such image or folder: {p}")
+    if not out:
+        raise AttrnetError(f"no images found in {', '.join(map(str, inputs))}")
+    return out

@@ -15,6 +15,7 @@ import torch
 from attrnet import model_file
 from attrnet.config import Config
 from attrnet.engine.averaging import Averages
+from attrnet.faces.template import CELEBA_FRAME, CELEBA_TEMPLATE
 from attrnet.inference.checkpoint import CHECKPOINT_VERSION
 from attrnet.models.factory import KIND_ATTRIBUTE_NET
 from attrnet.preprocessing import IMAGENET_NORMALIZATION, Preprocessing
@@ -81,8 +82,10 @@ def trained_on(cfg: Config, table) -> dict:
     record = {"dataset": prov.get("dataset", cfg.data.format), "description": prov.get("description"),
               "made_by": prov.get("made_by"), "input": prov.get("input"),
               "face_frame": prov.get("face_frame"), "face_template": prov.get("face_template")}
-    if record["input"] is None:
-        record["input"] = "aligned_face" if cfg.data.format == "celeba" else "image"
+    if record["input"] is None and cfg.data.format == "celeba":  # CelebA's aligned set: faces at its template
+        record.update(input="aligned_face", face_frame=list(CELEBA_FRAME),
+                      face_template=[list(p) for p in CELEBA_TEMPLATE])
+    record["input"] = record["input"] or "image"
     return record
 
 

@@ -17,6 +17,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from attrnet.errors import AttrnetError
+from attrnet.inference.faces import FacePrediction, predict_faces
 from attrnet.inference.preprocess import stack_inputs
 from attrnet.inference.sources import ModelInfo
 
@@ -112,3 +114,22 @@ class Predictor:
         read[[i for i, _ in failed]] = False
         decisions[read] = self.decisions(probs[read])
         return Prediction(self.attributes, probs, decisions, self.thresholds, failed)
+
+    def predict_faces(self, images: Iterable[Any] | Any, batch_size: int = 64, detector: Any = None,
+                      align: str = "template") -> FacePrediction:
+        """Each photo's faces, largest first, with probabilities and decisions per face: for a model trained on
+        aligned faces (info.preprocessing.input == "aligned_face"). Every face is found with its 5 landmarks,
+        aligned to the model's template by a similarity transform (align="box": the detector's box widened by
+        half, not rotated: the baseline other tools use) and read as training read its faces; the faces of all
+        the photos go through the network in batches. A photo without a face has an empty list; an unreadable
+        one is in `failed`. detector: an attrnet.faces.detect.FaceDetector (default: one on the model's device,
+        made once)."""
+        if self.info.preprocessing.input != "aligned_face" or not self.info.preprocessing.face_template:
+            raise AttrnetError(f"{self.info.source or 'this model'} was trained on whole images, not on aligned "
+                               f"faces: predict the images whole (predict, or --faces off)")
+        if detector is None:
+            detector = getattr(self, "_face_detector", None)
+            if detector is None:
+                from attrnet.faces.detect import FaceDetector  # the faces extra, imported only when it is used
+                detector = self._face_detector = FaceDetector(self.device)
+        return predict_faces(self, as_image_list(images), detector, batch_size, align)

@@ -39,7 +39,7 @@ def to_pixels(image: Any, grayscale: bool, name: str = "image") -> torch.Tensor:
         if image.ndim == 3 and image.shape[-1] in CHANNELS and image.shape[0] not in CHANNELS:
             image = image.permute(2, 0, 1)  # H, W, C as numpy and PIL give it
     if isinstance(image, torch.Tensor):
-        return _channels(_checked_tensor(image, name), grayscale)
+        return convert_channels(_checked_tensor(image, name), grayscale)
     raise AttrnetError(f"cannot read an image from a {type(image).__name__}; give a path, bytes, a PIL image "
                        f"or a uint8 array ([H, W], [H, W, C] or [C, H, W], C = 1, 3 or 4)")
 
@@ -62,7 +62,7 @@ def _checked_tensor(t: torch.Tensor, name: str = "image") -> torch.Tensor:
     return t[:3] if t.shape[0] == 4 else t
 
 
-def _channels(t: torch.Tensor, grayscale: bool) -> torch.Tensor:
+def convert_channels(t: torch.Tensor, grayscale: bool) -> torch.Tensor:
     """Grey from RGB with the ITU-R 601 weights PIL's convert("L") uses; RGB from grey by repetition."""
     if grayscale and t.shape[0] == 3:
         weights = torch.tensor([299, 587, 114], dtype=torch.int32)[:, None, None]

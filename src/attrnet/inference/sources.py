@@ -81,6 +81,25 @@ class ModelInfo:
             raise AttrnetError(f"{source}: not an attrnet model description (missing or bad {exc})") from None
 
 
+def read_info(source: str | Path) -> ModelInfo:
+    """The description of a model without its weights: a run folder, a checkpoint, an exported folder, a .onnx."""
+    path = Path(source)
+    if path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file()
+                                  and not (path / HUB_CONFIG).is_file()):
+        onnx = path if path.suffix == ".onnx" else path / "model.onnx"
+        return ModelInfo.from_json(_read_json(onnx.with_suffix(".json")), str(onnx))
+    if path.is_dir() and (path / HUB_CONFIG).is_file():
+        return ModelInfo.from_json(_read_json(path / HUB_CONFIG), str(path))
+    return info_from_checkpoint(load_checkpoint(path))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AttrnetError(f"{path}: not readable JSON ({exc})") from None
+
+
 def read_model(source: str | Path) -> tuple[nn.Module, ModelInfo]:
     """The network (eval mode, on the CPU) and its description, from any of the places a model can be."""
     path = Path(source)
