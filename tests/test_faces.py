@@ -6,6 +6,7 @@ The one real face: matplotlib's sample photo of Grace Hopper (in matplotlib's wh
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import warnings
@@ -212,3 +213,44 @@ def test_data_align_writes_crops_labels_and_the_lists(run_cli, tmp_path):
     assert read_csv_folder(out).names == ["Smiling", "Eyeglasses"]  # ready to train on
     code, _, err = run_cli(["data", "align", src, "--out", out])
     assert code == 2 and "not empty" in err
+
+
+def test_rest_predict_returns_each_photos_faces(face_model, csv_run):
+    """/v1/predict on a face model: per image its faces (largest first) with the same probabilities as
+    predict_faces; ?faces=false reads the image whole; a model of whole images refuses faces=true."""
+    fastapi = pytest.importorskip("fastapi")  # noqa: F841 - the serve extra
+    from fastapi.testclient import TestClient
+
+    from attrnet.inference import load_model
+    from attrnet.serve.app import create_app
+
+    photo = _canvas()
+    photo.paste(_grace(0.45), (40, 60))
+    photo.paste(_grace(0.8), (380, 80))
+    buf = io.BytesIO()
+    photo.save(buf, "PNG")
+    expected = face_model.predict_faces([buf.getvalue()]).faces[0]
+    with TestClient(create_app(face_model)) as client:
+        assert client.get("/v1/model").json()["faces"] is True
+        body = client.post("/v1/predict", files={"file": ("two.png", buf.getvalue())}).json()
+        (result,) = body["results"]
+        assert result["size"] == [900, 640] and len(result["faces"]) == 2
+        for got, want in zip(result["faces"], expected):
+            assert got["box"] == pytest.approx(want["box"], abs=0.06)
+            assert [got["attributes"][a]["probability"] for a in face_model.attributes] == \
+                pytest.approx(want["probabilities"], abs=1e-5)
+        whole = client.post("/v1/predict?faces=false", files={"file": ("two.png", buf.getvalue())}).json()
+        assert "attributes" in whole["results"][0] and "faces" not in whole["results"][0]
+        bad = client.post("/v1/predict?faces=maybe", files={"file": ("two.png", buf.getvalue())})
+        assert bad.status_code == 400 and "faces must be one of auto, true, false" in bad.json()["error"]
+        none = client.post("/v1/predict", files={"file": ("blank.png", _png(_canvas((200, 150))))}).json()
+        assert none["results"][0]["faces"] == []
+    with TestClient(create_app(load_model(csv_run["run"], "cpu"))) as client:
+        refused = client.post("/v1/predict?faces=true", files={"file": ("two.png", buf.getvalue())})
+        assert refused.status_code == 400 and "whole images" in refused.json()["error"]
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()

@@ -242,3 +242,72 @@ def test_page_asks_for_the_api_key_and_then_works(browser, csv_run, photos):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_page_draws_each_face_of_a_photo_with_its_attributes(browser, tmp_path_factory, tmp_path):
+    """A face model: the photo with one numbered box per face, where the API says the face is, and each face's
+    attributes as the API gives them."""
+    pytest.importorskip("facenet_pytorch", reason="the faces extra is not installed")
+    import threading
+
+    import matplotlib
+    import uvicorn
+    from PIL import Image
+
+    from attrnet.engine.train import fit
+    from attrnet.inference import load_model
+    from attrnet.serve.app import create_app
+    from conftest import CELEBA_NAMES, CELEBA_VALUES, tiny_config, write_celeba
+
+    base = tmp_path_factory.mktemp("face_page")
+    data = write_celeba(base / "celeba", CELEBA_NAMES, CELEBA_VALUES, size=(24, 30))
+    fit(tiny_config(base / "cache", data__root=data, data__image_size="[40,32]"), base / "run", progress=False)
+    grace = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
+    photo = Image.new("RGB", (900, 640), (90, 120, 90))
+    photo.paste(grace.resize((230, 270)), (40, 60))
+    photo.paste(grace.resize((410, 480)), (380, 80))
+    path = tmp_path / "two.jpg"
+    photo.save(path, "JPEG", quality=95)
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(load_model(base / "run", device="cpu")), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        api = httpx.post(f"{url}/v1/predict", files={"file": ("two.jpg", path.read_bytes())}, timeout=60).json()
+        faces = api["results"][0]["faces"]
+        assert len(faces) == 2
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.goto(url + "/")
+        page.wait_for_selector("#model-name:not(:empty)")
+        page.set_input_files("#file", [str(path)])
+        page.wait_for_selector(".result[data-state=done]", timeout=60_000)
+        assert page.get_attribute(".result", "data-faces") == "2"
+        boxes = page.eval_on_selector_all(".facebox", "bs => bs.map(b => [b.dataset.face, b.style.left, b.style.top, "
+                                                       "b.style.width, b.style.height])")
+        for (face, left, top, width, height), want in zip(boxes, faces):
+            x1, y1, x2, y2 = want["box"]
+            assert [float(v.rstrip("%")) for v in (left, top, width, height)] == pytest.approx(
+                [100 * x1 / 900, 100 * y1 / 640, 100 * (x2 - x1) / 900, 100 * (y2 - y1) / 640], abs=1e-3)
+        shown = page.eval_on_selector_all(".face", """fs => fs.map(f => Object.fromEntries(Array.from(
+            f.querySelectorAll('.attr')).map(li => [li.dataset.attribute, [Number(li.dataset.decision),
+            Number(li.dataset.probability)]])))""")
+        assert len(shown) == 2
+        for got, want in zip(shown, faces):
+            for name, (decision, probability) in got.items():
+                assert decision == want["attributes"][name]["decision"]
+                assert probability == pytest.approx(want["attributes"][name]["probability"], abs=1e-5)
+        _screenshot(page, tmp_path, "serve-faces.png")
+        assert problems == []
+        page.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -64,12 +64,30 @@ def box_transforms(boxes: list[np.ndarray], frame: tuple[int, int]) -> list[np.n
     return out
 
 
+def model_crops(pixels: torch.Tensor, faces: list, pre, align: str = "template") -> list[torch.Tensor]:
+    """The faces of one photo (uint8 [3, H, W]) as the model reads its images: aligned into the template's frame
+    (align="template"; "box": the widened box, not rotated), then the model's own colour mode and resize."""
+    if not faces:
+        return []
+    if align == "template":
+        transforms = face_transforms([f.landmarks for f in faces], np.asarray(pre.face_template, np.float64))
+    else:
+        transforms = box_transforms([f.box for f in faces], pre.face_frame)
+    return [resize_image(convert_channels(crop, pre.grayscale), pre.image_size, pre.resize)
+            for crop in warp_faces(pixels, transforms, pre.face_frame)]
+
+
+def face_json(face, probabilities: np.ndarray, decisions: np.ndarray) -> dict:
+    """One face as predict_faces gives it (and the server, with its attributes added)."""
+    return {"box": [float(v) for v in face.box], "score": face.score, "landmarks": face.landmarks.tolist(),
+            "probabilities": probabilities, "decisions": decisions}
+
+
 def predict_faces(model, images: list, detector, batch_size: int = 64, align: str = "template") -> FacePrediction:
     """Predictor.predict_faces' work (see there)."""
     if align not in ALIGNMENTS:
         raise AttrnetError(f"unknown face alignment {align!r}; valid: {', '.join(ALIGNMENTS)}")
     pre = model.info.preprocessing
-    template = np.asarray(pre.face_template, np.float64)
     seconds = dict.fromkeys(("decode", "detect", "align", "model"), 0.0)
     t0 = time.perf_counter()
     pixels, failed = [], []
@@ -87,14 +105,8 @@ def predict_faces(model, images: list, detector, batch_size: int = 64, align: st
     t0 = time.perf_counter()
     crops, owners = [], []
     for i, faces in found.items():
-        if not faces:
-            continue
-        if align == "template":
-            transforms = face_transforms([f.landmarks for f in faces], template)
-        else:
-            transforms = box_transforms([f.box for f in faces], pre.face_frame)
-        for j, crop in enumerate(warp_faces(pixels[i], transforms, pre.face_frame)):
-            crops.append(resize_image(convert_channels(crop, pre.grayscale), pre.image_size, pre.resize))
+        for j, crop in enumerate(model_crops(pixels[i], faces, pre, align)):
+            crops.append(crop)
             owners.append((i, j))
     seconds["align"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -106,9 +118,7 @@ def predict_faces(model, images: list, detector, batch_size: int = 64, align: st
     decisions = model.decisions(probs)
     out: list[list[dict]] = [[] for _ in images]
     for (i, j), p, d in zip(owners, probs, decisions):
-        face = found[i][j]
-        out[i].append({"box": [float(v) for v in face.box], "score": face.score,
-                       "landmarks": face.landmarks.tolist(), "probabilities": p, "decisions": d})
+        out[i].append(face_json(found[i][j], p, d))
     return FacePrediction(list(model.attributes), model.thresholds, out, failed, seconds)
 
 

@@ -48,8 +48,12 @@ ROW_TEXT: dict[str, str] = {
     "S-extract": "frozen ImageNet features + one squared-hinge classifier per attribute",
     "M-extract": "frozen ImageNet features + the latent-task layer with the 4 groups (alternating solver)",
     "S-CNN": "fine-tuned network, one classifier per attribute",
-    "M-CNN": "fine-tuned network + latent-task layer, no groups (one group of all 23)",
-    "MG-CNN": "fine-tuned network + latent-task layer with the 4 groups",
+    "M-CNN (solver)": "the latent-task layer without groups (one group of all 23), fitted by the alternating solver "
+                      "on S-CNN's fine-tuned features",
+    "MG-CNN (solver)": "the latent-task layer with the 4 groups, fitted by the alternating solver on S-CNN's "
+                       "fine-tuned features",
+    "M-CNN": "fine-tuned end to end through the latent-task layer, no groups (one group of all 23)",
+    "MG-CNN": "fine-tuned end to end through the latent-task layer with the 4 groups (configs/clothing-paper.yaml)",
 }
 CELLS = tuple(PAPER_GROUPS) + ("all",)
 

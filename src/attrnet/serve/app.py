@@ -9,6 +9,7 @@ Every refusal is a 4xx with {"error": "..."}; an unexpected failure is a 500 wit
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from attrnet.data.images import decode_image_bytes, resize_image
 from attrnet.errors import AttrnetError
+from attrnet.inference.faces import model_crops
 from attrnet.inference.predictor import Predictor
 from attrnet.report.jsonable import to_jsonable
 from attrnet.serve.batching import Batcher
@@ -68,11 +70,33 @@ def create_app(model: Predictor, settings: ServeSettings | None = None) -> FastA
 
 
 class _Decoder:
-    """Header check, decoding and resizing of uploads in a thread pool, never on the event loop."""
+    """Header check, decoding and resizing of uploads in a thread pool, never on the event loop; for a face model,
+    finding and aligning the faces there too (the detector made once, on first use)."""
 
     def __init__(self, model: Predictor, threads: int):
         self.info = model.info
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="attrnet-decode")
+        self.detector = None
+        self.device = model.device
+
+    def decode_faces(self, upload: Upload) -> tuple[list[int], list, list[torch.Tensor]]:
+        """(the photo's [width, height], its faces largest first, their crops as the model reads them)."""
+        check_image_header(upload.data, upload.filename)
+        try:
+            pixels = decode_image_bytes(upload.data, False, name=upload.filename)
+        except AttrnetError as exc:
+            raise UploadError(422, f"{upload.filename}: not a readable image ({exc})") from None
+        if self.detector is None:  # one at a time: the pool's threads may race to make it, harmlessly
+            from attrnet.faces.detect import FaceDetector  # the faces extra, checked when the app was made
+            self.detector = FaceDetector(self.device)
+        faces = self.detector.detect([pixels])[0]
+        return [int(pixels.shape[-1]), int(pixels.shape[-2])], faces, model_crops(pixels, faces, self.info.preprocessing)
+
+    async def decode_all_faces(self, uploads: list[Upload]) -> list[tuple[list[int], list, list[torch.Tensor]]]:
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(*(loop.run_in_executor(self.pool, self.decode_faces, up) for up in uploads),
+                                       return_exceptions=True)
+        return _raise_upload_errors(uploads, results)
 
     def decode(self, upload: Upload) -> torch.Tensor:
         check_image_header(upload.data, upload.filename)
@@ -86,16 +110,21 @@ class _Decoder:
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(*(loop.run_in_executor(self.pool, self.decode, up) for up in uploads),
                                        return_exceptions=True)
-        errors = [(up, r) for up, r in zip(uploads, results) if isinstance(r, BaseException)]
-        for _, r in errors:
-            if not isinstance(r, UploadError):
-                raise r
-        if errors:
-            raise _FilesError(errors)
-        return list(results)
+        return _raise_upload_errors(uploads, results)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _raise_upload_errors(uploads: list[Upload], results: list) -> list:
+    """The results, or the request's refusal naming every file that could not be used."""
+    errors = [(up, r) for up, r in zip(uploads, results) if isinstance(r, BaseException)]
+    for _, r in errors:
+        if not isinstance(r, UploadError):
+            raise r
+    if errors:
+        raise _FilesError(errors)
+    return list(results)
 
 
 class _FilesError(UploadError):
@@ -138,10 +167,16 @@ def _add_routes(app: FastAPI, model: Predictor, settings: ServeSettings, metrics
         return description
 
     @app.post("/v1/predict", dependencies=[Depends(require_key)])
-    async def predict(request: Request) -> dict:
+    async def predict(request: Request, faces: str = "auto") -> dict:
+        use_faces = _faces_wanted(model, faces)  # before the body is read: a wrong ?faces= costs nothing
         uploads = await read_uploads(request.stream(), request.headers.get("content-type"),
                                      request.headers.get("content-length"), settings.max_upload_bytes,
                                      settings.max_files, settings.upload_timeout_s)
+        if use_faces:
+            found = await decoder.decode_all_faces(uploads)
+            crops = [c for _, _, cs in found for c in cs]
+            probs = await batcher.submit(crops) if crops else np.zeros((0, len(model.attributes)))
+            return faces_response(model, [up.filename for up in uploads], found, probs)
         images = await decoder.decode_all(uploads)
         probs = await batcher.submit(images)
         return prediction_response(model, [up.filename for up in uploads], probs)
@@ -149,16 +184,60 @@ def _add_routes(app: FastAPI, model: Predictor, settings: ServeSettings, metrics
 
 def prediction_response(model: Predictor, files: list[str], probs: np.ndarray) -> dict:
     """{"attributes", "groups"?, "results": [{"file", "attributes": {name: {probability, threshold, decision}}}]}."""
-    thresholds = model.thresholds
     decisions = model.decisions(probs)
-    results = [{"file": name,
-                "attributes": {a: {"probability": float(p), "threshold": float(t), "decision": int(d)}
-                               for a, p, t, d in zip(model.attributes, row, thresholds, dec)}}
+    results = [{"file": name, "attributes": _attribute_dict(model, row, dec)}
                for name, row, dec in zip(files, probs, decisions)]
     out: dict = {"attributes": model.attributes, "results": results}
     if model.info.groups:
         out["groups"] = model.info.groups
     return out
+
+
+FACES_VALUES = ("auto", "true", "false")
+
+
+def faces_available(model: Predictor) -> bool:
+    """The model reads aligned faces and the faces extra is installed: /v1/predict finds faces in photos."""
+    if model.info.preprocessing.input != "aligned_face" or not model.info.preprocessing.face_template:
+        return False
+    return importlib.util.find_spec("facenet_pytorch") is not None
+
+
+def _faces_wanted(model: Predictor, value: str) -> bool:
+    """?faces=auto (default: for a model of aligned faces), true or false; a 400 where it cannot be done."""
+    if value not in FACES_VALUES:
+        raise HTTPException(400, f"faces must be one of {', '.join(FACES_VALUES)}, got {value!r}")
+    aligned = model.info.preprocessing.input == "aligned_face"
+    if value == "true" and not aligned:
+        raise HTTPException(400, "faces=true: this model was trained on whole images, not on aligned faces")
+    if value != "false" and aligned and not faces_available(model):
+        raise HTTPException(501, "finding faces needs facenet-pytorch on the server: pip install 'attrnet[faces]' "
+                                 "(or send aligned crops with ?faces=false)")
+    return value != "false" and aligned
+
+
+def faces_response(model: Predictor, files: list[str], found: list, probs: np.ndarray) -> dict:
+    """{"attributes", "groups"?, "results": [{"file", "size": [w, h], "faces": [{"box", "score", "landmarks",
+    "attributes": {name: {probability, threshold, decision}}}]}]}, faces largest first."""
+    rows = iter(zip(probs, model.decisions(probs)))
+    results = []
+    for name, (size, faces, _) in zip(files, found):
+        items = []
+        for face in faces:
+            p, d = next(rows)
+            items.append({"box": [round(float(v), 1) for v in face.box], "score": round(face.score, 4),
+                          "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks],
+                          "attributes": _attribute_dict(model, p, d)})
+        results.append({"file": name, "size": size, "faces": items})
+    out: dict = {"attributes": model.attributes, "results": results}
+    if model.info.groups:
+        out["groups"] = model.info.groups
+    return out
+
+
+def _attribute_dict(model: Predictor, probs: np.ndarray, decisions: np.ndarray) -> dict:
+    return {a: {"probability": float(p), "threshold": float(t), "decision": int(d)}
+            for a, p, t, d in zip(model.attributes, probs, model.thresholds, decisions)}
 
 
 def model_description(model: Predictor, settings: ServeSettings) -> dict:
@@ -169,6 +248,7 @@ def model_description(model: Predictor, settings: ServeSettings) -> dict:
             "thresholds": {a: float(t) for a, t in zip(model.attributes, model.thresholds)},
             "image_size": list(info.image_size), "grayscale": info.grayscale, "resize": info.resize,
             "tta": model.tta, "runtime": model.runtime, "kind": info.kind,
+            "input": info.preprocessing.input, "faces": faces_available(model),
             "backbone": (info.config.get("model") or {}).get("backbone"),
             "data_format": (info.config.get("data") or {}).get("format"),
             "test_metrics": metrics,

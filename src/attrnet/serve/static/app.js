@@ -64,7 +64,7 @@ function showModel(model) {
     summary.textContent = "No test metrics were recorded with this model.";
   }
   if (model.limits) {
-    $("hint").textContent = `JPEG, PNG, GIF or WebP; one or several at once (up to ${(model.limits.max_upload_bytes / 2 ** 20).toFixed(0)} MB each).`;
+    $("hint").textContent = `JPEG, PNG, GIF, WebP, BMP or TIFF; one or several at once (up to ${(model.limits.max_upload_bytes / 2 ** 20).toFixed(0)} MB each).`;
   }
 }
 
@@ -101,7 +101,8 @@ async function predictOne(file) {
     const response = await fetch("/v1/predict", { method: "POST", body: form, headers: headers() });
     if (!response.ok) throw new Error(await errorText(response));
     const body = await response.json();
-    showResult(card, note, body.results[0], body.groups || null, body.attributes);
+    if (body.results[0].faces) showFaces(card, note, img.src, body.results[0], body.groups || null, body.attributes);
+    else showResult(card, note, body.results[0], body.groups || null, body.attributes);
   } catch (err) {
     card.classList.add("error");
     card.dataset.state = "error";
@@ -119,6 +120,11 @@ function showResult(card, note, result, groups, order) {
   note.textContent = `${present} of ${entries.length} attributes present`;
   card.classList.toggle("nothing-present", present === 0);
   card.append(el("p", { class: "none-present", text: "No attribute is at or above its threshold." }));
+  appendGroups(card, entries, groups);
+  card.dataset.state = "done";
+}
+
+function appendGroups(parent, entries, groups) {
   for (const [title, members] of grouped(entries, groups)) {
     const section = el("section", { class: "group" });
     if (title) section.append(el("h3", { text: pretty(title) }));
@@ -126,8 +132,34 @@ function showResult(card, note, result, groups, order) {
     members.sort((a, b) => b.probability - a.probability);  // most confidently present first
     for (const e of members) list.append(attributeRow(e));
     section.append(list);
-    card.append(section);
+    parent.append(section);
   }
+}
+
+// A face model: the photo with a numbered box on each face found (largest first), then each face's attributes.
+function showFaces(card, note, src, result, groups, order) {
+  const [width, height] = result.size;
+  const n = result.faces.length;
+  note.textContent = n ? `${n} face${n === 1 ? "" : "s"} found` : "No face found in this photo.";
+  card.dataset.faces = String(n);
+  const photo = el("figure", { class: "photo" }, el("img", { src, alt: `the photo, ${n} face${n === 1 ? "" : "s"} marked` }));
+  const pct = (x, of) => `${(100 * x / of).toFixed(3)}%`;
+  result.faces.forEach((face, i) => {
+    const [x1, y1, x2, y2] = face.box;
+    const box = el("div", { class: "facebox", "data-face": String(i), title: `face ${i + 1}, score ${fmt(face.score, 2)}` },
+      el("span", { text: String(i + 1) }));
+    Object.assign(box.style, { left: pct(x1, width), top: pct(y1, height), width: pct(x2 - x1, width), height: pct(y2 - y1, height) });
+    photo.append(box);
+  });
+  card.append(photo);
+  result.faces.forEach((face, i) => {
+    const entries = order.map((name) => ({ name, ...face.attributes[name] }));
+    const present = entries.filter((e) => e.decision === 1).length;
+    const section = el("section", { class: "face", "data-face": String(i) },
+      el("h3", { class: "face-title", text: `Face ${i + 1}: ${present} of ${entries.length} attributes present` }));
+    appendGroups(section, entries, groups);
+    card.append(section);
+  });
   card.dataset.state = "done";
 }
 
