@@ -17,6 +17,8 @@ from typing import AsyncIterator
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from attrnet.data.images import READ_FORMATS
+
 FILE_FIELD = "file"
 # Header checks before decoding. An image may declare up to FREE_PIXELS whatever its size on disk (decoding it
 # costs at most 48 MB as RGB); beyond that it must not declare more than MAX_PIXELS_PER_BYTE pixels per byte of
@@ -204,7 +206,7 @@ def check_image_header(data: bytes, name: str) -> None:
         raise UploadError(413, f"{name}: the image declares more pixels than PIL will decode; the server decodes "
                                f"at most {MAX_UPLOAD_PIXELS:,} pixels per image") from None
     except Image.UnidentifiedImageError:
-        raise UploadError(422, f"{name}: not a readable image (no JPEG, PNG, GIF or WebP header)") from None
+        raise UploadError(422, f"{name}: not a readable image (no {READ_FORMATS} header)") from None
     except Exception:  # noqa: BLE001 - a header PIL stumbles on: decoding says what is wrong
         return
     pixels = width * height
