@@ -511,10 +511,11 @@ def test_csv_damaged_files_give_a_table_or_an_attrnet_error(scratch, case, damag
 
 # --- image decoding --------------------------------------------------------------------------------------------
 
-DECODED = ("PNG", "JPEG", "GIF", "WEBP")      # the formats load_image decodes
-UNSUPPORTED = ("BMP", "TIFF")                  # images, but not ones we decode: must be a clean error
+DECODED = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")  # the formats load_image decodes
+UNSUPPORTED = ("PPM",)                                   # images Pillow opens but we do not: a clean error
 MODES = {"PNG": ["RGB", "L", "LA", "RGBA", "P", "1", "I;16"], "JPEG": ["RGB", "L", "CMYK"],
-         "GIF": ["P", "L", "RGB"], "WEBP": ["RGB", "RGBA", "L"], "BMP": ["RGB", "L"], "TIFF": ["RGB", "L"]}
+         "GIF": ["P", "L", "RGB"], "WEBP": ["RGB", "RGBA", "L"], "BMP": ["RGB", "L"], "TIFF": ["RGB", "L"],
+         "PPM": ["RGB", "L"]}
 TARGET = st.tuples(st.integers(8, 20), st.integers(8, 20))  # data.image_size allows 8 to 4096
 
 

@@ -32,7 +32,7 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
     b = write_synthetic_celeba(tmp_path / "b", 40, seed=3)
     assert a == tmp_path / "a"
     ha, hb = _hashes(a), _hashes(b)
-    assert len(ha) == 42 and ha == hb
+    assert len(ha) == 43 and ha == hb  # 40 images, labels, partition, attrnet-data.json
 
 
 def test_different_seed_differs(tmp_path: Path) -> None:
