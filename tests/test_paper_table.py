@@ -16,6 +16,7 @@ from attrnet.data.groups import group_index
 from attrnet.models.latent import LatentTaskHead
 from attrnet.mtl.prox import group_ids, group_soft_threshold, soft_threshold
 from attrnet.mtl.solver import MTLProblem, objective, smooth_S
+from attrnet.paper import reproduce
 from attrnet.paper.reproduce import ROWS, check_paper_config, parse_rows, run_paper_table
 from attrnet.paper.table import (
     PAPER_ATTRIBUTES,
@@ -218,7 +219,7 @@ def _tiny_paper_config(root: Path, cache: Path):
     return config_from_dict(raw)
 
 
-def test_paper_table_end_to_end_and_reuses_finished_runs(clothing_fixture, tmp_path):
+def test_paper_table_end_to_end_and_reuses_finished_runs(clothing_fixture, tmp_path, monkeypatch):
     cfg = _tiny_paper_config(clothing_fixture, tmp_path / "cache")
     out = tmp_path / "table"
     result = run_paper_table(cfg, out, [0, 1], rows=list(ROWS), progress=False)
@@ -232,9 +233,13 @@ def test_paper_table_end_to_end_and_reuses_finished_runs(clothing_fixture, tmp_p
     assert result["summary"]["majority"]["balanced_accuracy"]["all"][:2] == [0.5, 0.0]
     ckpt = out / "split0" / "MG-CNN" / "checkpoints" / "best.pt"
     stamp = ckpt.stat().st_mtime_ns
+    (out / "split0" / "result.json").unlink()  # the split's scores are gone, its runs are kept
     again = run_paper_table(cfg, out, [0], rows=["MG-CNN"], progress=False)
     assert ckpt.stat().st_mtime_ns == stamp  # finished: scored again, not trained again
     assert again["per_split"][0]["rows"]["MG-CNN"] == result["per_split"][0]["rows"]["MG-CNN"]
+    monkeypatch.setattr(reproduce, "run_split", None)  # a finished split is read back, never run again
+    both = run_paper_table(cfg, out, [0, 1], rows=["MG-CNN"], progress=False)
+    assert [s["rows"] for s in both["per_split"]] == [{"MG-CNN": s["rows"]["MG-CNN"]} for s in result["per_split"]]
 
 
 def test_paper_table_cli_refuses_a_config_that_is_not_the_papers(run_cli, tmp_path):

@@ -141,7 +141,7 @@ def run_paper_table(cfg: Config, out: str | Path, splits: list[int], rows: list[
     per_split, seconds = [], {}
     for split in splits:
         t0 = time.perf_counter()
-        per_split.append(run_split(cfg, out, split, rows, device, progress))
+        per_split.append(_split_result(cfg, out, split, rows, device, progress))
         seconds[split] = round(time.perf_counter() - t0, 1)
         log.info("split %d done in %.0f s", split, seconds[split])
     summary = summarize([s["rows"] for s in per_split])
@@ -165,6 +165,24 @@ def table_markdown(summary: dict, splits: list[int]) -> str:
         format_markdown(summary, "accuracy_at_0.5"), "",
         f"## Accuracy (%) at each row's thresholds, {n}", "",
         format_markdown(summary, "accuracy"), ""])
+
+
+def _split_result(cfg: Config, out: Path, split: int, rows: list[str], device: torch.device, progress: bool) -> dict:
+    """run_split's result, kept in OUT/split<k>/result.json: a finished split with the same config and at least
+    the asked rows is read back (a table over more splits, or a rerun after a stop, redoes nothing)."""
+    path = out / f"split{split}" / "result.json"
+    key = json.loads(json.dumps(to_jsonable(split_config(cfg, split).to_dict())))  # as read back from the file
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("config") == key and set(rows) <= set(saved["result"]["rows"]):
+            log.info("split %d: read back from %s", split, path)
+            result = saved["result"]
+            result["rows"] = {r: result["rows"][r] for r in ROWS if r in rows}
+            return result
+    result = run_split(cfg, out, split, rows, device, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path, to_jsonable({"config": key, "result": result}))
+    return json.loads(json.dumps(to_jsonable(result)))
 
 
 def run_split(cfg: Config, out: Path, split: int, rows: list[str], device: torch.device, progress: bool) -> dict:
