@@ -100,6 +100,9 @@ def cmd_predict(args) -> None:
     from attrnet.inference.sources import read_info
     from attrnet.predict import check_output, predict_to_file
 
+    if args.ray:
+        _predict_on_ray(args)
+        return
     if args.out:
         atomic.check_writable(args.out)
         check_output(args.out)
@@ -119,6 +122,29 @@ def cmd_predict(args) -> None:
         if len(bad) > SHOWN:
             print(f"  ... and {len(bad) - SHOWN} more" + (f" (all in {args.out})" if str(args.out).endswith(".json")
                                                           else ""), file=sys.stderr)
+
+
+def _predict_on_ray(args) -> None:
+    from attrnet.data.images import find_images
+    from attrnet.inference.sources import read_info
+    from attrnet.predict_ray import check_ray_output, predict_folder_on_ray, require_ray_data
+
+    out = check_ray_output(args.out)
+    atomic.check_writable(out)
+    paths = find_images(args.paths)
+    require_ray_data()
+    info = read_info(args.checkpoint)  # the driver needs the names and thresholds; the workers load the model
+    if info.preprocessing.input == "aligned_face" and args.faces != "off":
+        raise AttrnetError("predict --ray reads each image whole; for a model of aligned faces add --faces off "
+                           "(aligned crops, e.g. from attrnet data align), or predict faces without --ray")
+    outcome = predict_folder_on_ray(args.checkpoint, paths, out, info.attributes, info.thresholds, args.address,
+                                    args.workers, args.batch_size, args.tta, args.precision)
+    print(f"wrote {outcome.rows} predictions to {out} ({outcome.predicted} predicted now, {outcome.resumed} "
+          f"finished by an earlier run)")
+    if outcome.unreadable:
+        print(f"skipped {len(outcome.unreadable)} unreadable image(s):", file=sys.stderr)
+        for _, why in outcome.unreadable[:SHOWN]:
+            print(f"  {why}", file=sys.stderr)
 
 
 def _use_faces(info, mode: str) -> bool | None:
@@ -248,6 +274,19 @@ def cmd_serve(args) -> None:
     warning = server.exposure_warning(args.host, settings)
     if warning:
         print(f"attrnet: warning: {warning}", file=sys.stderr)
+    if args.ray:
+        from attrnet.serve import ray_serve
+
+        ray_serve.require_ray()  # one line when the extra is missing, before anything starts
+        from attrnet.inference.sources import read_info
+        if Path(args.model).exists():
+            read_info(args.model)  # not a model: one line here, not a replica's traceback in Ray's logs
+        replicas = ray_serve.Replicas(args.replicas, args.min_replicas, args.max_replicas, cpus=args.cpus_per_replica)
+        replicas.options()  # inconsistent bounds: an error now
+        server.check_port_free(args.host, args.port)
+        ray_serve.run(args.model, args.host, args.port, settings, replicas, args.address, args.runtime,
+                      "cpu" if args.device == "auto" else args.device, args.precision)
+        return
     server.serve(args.model, host=args.host, port=args.port, runtime=args.runtime, device=args.device,
                  settings=settings, precision=args.precision)
 

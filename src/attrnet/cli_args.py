@@ -100,6 +100,12 @@ def _add_predict(sub) -> None:
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's model.tta)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="torch, or onnx: ONNX Runtime on the CPU (MODEL: an exported .onnx file; default torch)")
+    p.add_argument("--ray", action="store_true",
+                   help="label on a Ray cluster with Ray Data (--out FILE.csv/.json/.parquet; a stopped run resumes "
+                        "where it was; pip install 'attrnet[ray]')")
+    p.add_argument("--address", help="with --ray: an existing cluster (ray://HOST:10001 or auto; default: a local one)")
+    p.add_argument("--workers", type=_count(0), default=0,
+                   help="with --ray: model copies working at once (default 0: one per CPU of the cluster)")
     p.add_argument("--faces", choices=["auto", "on", "off"], default="auto",
                    help="auto (default): for a model trained on aligned faces (CelebA), find each photo's faces, align "
                         "them to its template and give one row per face; on: always; off: read each image whole "
@@ -252,6 +258,15 @@ def _add_serve(sub) -> None:
                    help="require this key in the X-API-Key header on /v1/* (default: $ATTRNET_API_KEY, else none)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser pages from ORIGIN to call the API (repeatable; default: CORS off)")
+    ray = p.add_argument_group("on Ray Serve (pip install 'attrnet[ray]')")
+    ray.add_argument("--ray", action="store_true",
+                     help="serve the same app as a Ray Serve deployment: replicas, batching with serve.batch")
+    ray.add_argument("--address", help="an existing Ray cluster (ray://HOST:10001 or auto; default: a local one)")
+    ray.add_argument("--replicas", type=_count(1), default=1, help="replicas, each loading the model once (default 1)")
+    ray.add_argument("--min-replicas", type=_count(0), help="autoscaling: at least this many replicas")
+    ray.add_argument("--max-replicas", type=_count(1), help="autoscaling: at most this many replicas")
+    ray.add_argument("--cpus-per-replica", type=_amount(0, inclusive=False), default=1.0,
+                     help="CPUs Ray reserves for each replica (default 1)")
 
 
 def _add_card(sub) -> None:

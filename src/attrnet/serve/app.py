@@ -15,6 +15,7 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -40,11 +41,16 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src
                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-def create_app(model: Predictor, settings: ServeSettings | None = None) -> FastAPI:
-    """The application serving `model`; its batcher and decoding threads start with the app's lifespan."""
+def create_app(model: Predictor, settings: ServeSettings | None = None,
+               make_batcher: Callable[..., Any] = Batcher) -> FastAPI:
+    """The application serving `model`; its batcher and decoding threads start with the app's lifespan.
+
+    make_batcher(infer, max_batch, max_wait_ms, on_batch): what batches the images of concurrent requests into
+    one forward pass (serve.batching.Batcher; under Ray Serve, serve.ray_serve.ServeBatcher), with start(), stop(),
+    running and submit(images) -> probabilities."""
     settings = settings or ServeSettings()
     metrics = ServerMetrics()
-    batcher = Batcher(model.probabilities, settings.max_batch, settings.max_wait_ms, metrics.observe_batch)
+    batcher = make_batcher(model.probabilities, settings.max_batch, settings.max_wait_ms, metrics.observe_batch)
     decoder = _Decoder(model, settings.decode_threads)
 
     @asynccontextmanager
@@ -138,7 +144,7 @@ class _FilesError(UploadError):
 
 
 def _add_routes(app: FastAPI, model: Predictor, settings: ServeSettings, metrics: ServerMetrics,
-                batcher: Batcher, decoder: _Decoder) -> None:
+                batcher, decoder: _Decoder) -> None:
     require_key = _key_check(settings.api_key)
     description = model_description(model, settings)
 
