@@ -216,3 +216,16 @@ def test_evaluate_by_leaves_the_split_attribute_out_as_the_card_does(run_cli, cs
     assert list(sub["1"]["attributes"]) == list(sub["0"]["attributes"]) == ["B"]
     table = printed.split("subgroups by the true label of A")[1]
     assert not any(line.startswith("A ") for line in table.splitlines())
+
+
+def test_demo_hint_names_a_command_that_runs_here(monkeypatch, tmp_path):
+    """`make demo` runs .venv/bin/attrnet without activating .venv: its "try:" line must name that script then."""
+    import shutil as _shutil
+
+    from attrnet import cli
+    monkeypatch.setattr(_shutil, "which", lambda name: None)
+    monkeypatch.chdir(tmp_path)
+    script = Path(cli._attrnet_command())
+    assert script.name == "attrnet" and script.is_file() and os.access(script, os.X_OK)
+    monkeypatch.setattr(_shutil, "which", lambda name: "/usr/local/bin/attrnet")
+    assert cli._attrnet_command() == "attrnet"

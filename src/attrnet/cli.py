@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -228,7 +229,19 @@ def cmd_demo(args) -> None:
     print(f"\nmean accuracy {result['mean_accuracy']:.3f} on the synthetic test split "
           f"(majority-class baseline {result['mean_majority_accuracy']:.3f}) in {time.perf_counter() - t0:.0f}s")
     print(f"plots: {run_dir / 'plots' / 'attribute_accuracy.png'}, {run_dir / 'plots' / 'training_curves.png'}")
-    print(f"try:   attrnet predict {run_dir} {args.out}/synthetic-data/img_align_celeba/000001.jpg")
+    print(f"try:   {_attrnet_command()} predict {run_dir} {args.out}/synthetic-data/img_align_celeba/000001.jpg")
+
+
+def _attrnet_command() -> str:
+    """How the user can type attrnet here: `attrnet` when it is on PATH, else this environment's own script
+    (`make demo` runs .venv/bin/attrnet without activating the environment)."""
+    if shutil.which("attrnet"):
+        return "attrnet"
+    script = Path(sys.executable).parent / "attrnet"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def cmd_bench(args) -> None:
