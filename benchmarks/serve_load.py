@@ -5,6 +5,7 @@ like with like.
 
 usage: python benchmarks/serve_load.py MODEL [--requests 2000] [--concurrency 16] [--bad-fraction 0.1]
        python benchmarks/serve_load.py --untrained resnet18:128      # no trained model: speed only
+       python benchmarks/serve_load.py MODEL --ray-replicas 1,2      # also `serve --ray` with 1, then 2 replicas
 MODEL: a run folder, a checkpoint or an exported folder. Images: --images DIR (default: the shared CelebA
 sample when present, else synthetic faces). Prints one JSON line per configuration, then a Markdown table.
 Bounded: at most --requests requests and --time-limit-s seconds per configuration, loopback only.
@@ -49,6 +50,8 @@ def main() -> None:
     ap.add_argument("--compare", type=int, default=1, help="the other configuration's --max-batch (0: skip it)")
     ap.add_argument("--time-limit-s", type=float, default=600, help="per configuration")
     ap.add_argument("--threads", type=int, default=0, help="the server's torch threads (0: torch's default)")
+    ap.add_argument("--ray-replicas", default="", help="also serve on Ray Serve (serve --ray) with these replica "
+                    "counts, one after the other, under the same load (e.g. 1,2; needs attrnet[ray])")
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
     if bool(args.model) == bool(args.untrained):
@@ -58,6 +61,8 @@ def main() -> None:
         images = load_images(args.images, 64)
         configs = [args.max_batch] + ([args.compare] if args.compare else [])
         results = [run_config(model, b, args, images) for b in configs]
+        for n in [int(r) for r in args.ray_replicas.split(",") if r.strip()]:
+            results.append(run_config(model, args.max_batch, args, images, ray_replicas=n))
     for r in results:
         print(json.dumps(r), flush=True)
     print(markdown(results, args))
@@ -178,7 +183,9 @@ async def drive(url: str, requests, concurrency: int, time_limit: float) -> dict
     lat = np.array(latencies) * 1000
     pct = lambda q: round(float(np.percentile(lat, q)), 1) if lat.size else math.nan  # noqa: E731
     return {"sent": len(latencies) + len(errors), "seconds": round(elapsed, 2),
-            "requests_per_s": round(len(latencies) / elapsed, 1), "p50_ms": pct(50), "p95_ms": pct(95),
+            "requests_per_s": round(len(latencies) / elapsed, 1),
+            "images_per_s": round(statuses.get(200, 0) / elapsed, 1),  # a good request carries one image
+            "p50_ms": pct(50), "p95_ms": pct(95),
             "p99_ms": pct(99), "max_ms": round(float(lat.max()), 1) if lat.size else math.nan,
             "status": {str(k): v for k, v in sorted(statuses.items())},
             "5xx": sum(v for k, v in statuses.items() if k >= 500), "connection_errors": len(errors),
@@ -194,14 +201,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, max_batch: int, max_wait_ms: float, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, max_batch: int, max_wait_ms: float, threads: int,
+                 ray_replicas: int = 0) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    ray = ["--ray", "--replicas", str(ray_replicas)] if ray_replicas else []
     proc = subprocess.Popen([sys.executable, "-m", "attrnet", "serve", model, "--host", "127.0.0.1", "--port",
                              str(port), "--device", "cpu", "--max-batch", str(max_batch), "--max-wait-ms",
-                             str(max_wait_ms)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                             str(max_wait_ms), *ray], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)  # Ray's own processes go with the server's group
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -227,10 +237,21 @@ def batch_sizes(url: str) -> tuple[float, float]:
     return values.get("attrnet_batch_size_count", 0.0), values.get("attrnet_batch_size_sum", 0.0)
 
 
-def run_config(model: str, max_batch: int, args, images) -> dict:
-    proc, url = start_server(model, max_batch, args.max_wait_ms, args.threads)
+def replica_processes() -> list[psutil.Process]:
+    """Ray Serve's replica actors of the attrnet deployment (their process titles name them)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any("ServeReplica:attrnet" in part for part in (p.info["cmdline"] or [])):
+            found.append(p)
+    return found
+
+
+def run_config(model: str, max_batch: int, args, images, ray_replicas: int = 0) -> dict:
+    proc, url = start_server(model, max_batch, args.max_wait_ms, args.threads, ray_replicas)
     try:
-        server = psutil.Process(proc.pid)
+        # the process that runs the model: the server, or under Ray the replicas (RSS summed over them)
+        replicas = replica_processes() if ray_replicas else []
+        server = _Processes(replicas or [psutil.Process(proc.pid)])
         bad = malformed_requests(images[0][1])
         warm = plan(4 * args.concurrency, 0.0, images, bad)
         asyncio.run(drive(url, warm, args.concurrency, 120))  # first batches: lazy allocations, not counted
@@ -242,26 +263,41 @@ def run_config(model: str, max_batch: int, args, images) -> dict:
         count1, sum1 = batch_sizes(url)
         alive = httpx.get(url + "/healthz", timeout=10).status_code == 200
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, 15)  # the server and, under Ray, its local cluster
         try:
-            proc.wait(30)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
-            proc.kill()
-    return {"max_batch": max_batch, "max_wait_ms": args.max_wait_ms, "concurrency": args.concurrency,
+            os.killpg(proc.pid, 9)
+    if ray_replicas:
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    return {"server": f"ray serve x{ray_replicas}" if ray_replicas else "attrnet serve",
+            "replicas": ray_replicas or 1, "max_batch": max_batch, "max_wait_ms": args.max_wait_ms, "concurrency": args.concurrency,
             "requests": args.requests, "bad_fraction": args.bad_fraction, **result,
             "mean_batch": round((sum1 - sum0) / max(count1 - count0, 1), 2), "forward_passes": int(count1 - count0),
             "rss_before_mb": round(rss_before / 2**20, 1), "rss_after_mb": round(rss_after / 2**20, 1),
             "healthy_after": alive, "cpu_count": os.cpu_count(), "loadavg_1min": round(os.getloadavg()[0], 2)}
 
 
+class _Processes:
+    """memory_info().rss summed over processes."""
+
+    def __init__(self, procs: list[psutil.Process]):
+        self.procs = procs
+
+    def memory_info(self):
+        class _Mem:
+            rss = sum(p.memory_info().rss for p in self.procs)
+        return _Mem()
+
+
 def markdown(results: list[dict], args) -> str:
-    head = ("| --max-batch | requests/s | p50 ms | p95 ms | p99 ms | mean batch | status counts | 5xx | "
-            "connection errors | RSS before -> after (MB) |\n|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
-    rows = [f"| {r['max_batch']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
+    head = ("| server | --max-batch | requests/s | images/s | p50 ms | p95 ms | p99 ms | mean batch | status counts | 5xx | "
+            "connection errors | RSS before -> after (MB) |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
+    rows = [f"| {r['server']} | {r['max_batch']} | {r['requests_per_s']} | {r['images_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
             f"{r['mean_batch']} | {', '.join(f'{k}: {v}' for k, v in r['status'].items())} | {r['5xx']} | "
             f"{r['connection_errors']} | {r['rss_before_mb']} -> {r['rss_after_mb']} |" for r in results]
     out = "\n".join([head, *rows])
-    if len(results) == 2 and results[1]["requests_per_s"]:
+    if len(results) >= 2 and results[1]["requests_per_s"] and results[1]["server"] == "attrnet serve":
         out += (f"\n\nbatching (--max-batch {results[0]['max_batch']}) against --max-batch {results[1]['max_batch']}: "
                 f"{results[0]['requests_per_s'] / results[1]['requests_per_s']:.2f}x the requests/s, p95 "
                 f"{results[0]['p95_ms']} ms against {results[1]['p95_ms']} ms")
