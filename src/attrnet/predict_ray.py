@@ -24,6 +24,7 @@ import numpy as np
 
 from attrnet import atomic
 from attrnet.errors import AttrnetError
+from attrnet.inference import load_model
 
 log = logging.getLogger(__name__)
 OUTPUT_SUFFIXES = (".csv", ".json", ".parquet")
@@ -52,7 +53,6 @@ class _Labeller:
     paths. Returns the rows as columns: path, probabilities [n, M], error ('' where the file was read)."""
 
     def __init__(self, source: str, tta: str | None, precision: str):
-        from attrnet.inference import load_model
         self.model = load_model(source, "cpu", tta, precision=precision)
 
     def __call__(self, batch: dict) -> dict:

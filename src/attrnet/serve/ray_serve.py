@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from attrnet.errors import AttrnetError
+from attrnet.inference import load_model
+from attrnet.serve.app import create_app  # FastAPI: Ray Serve's own dependency
 from attrnet.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -101,8 +103,6 @@ def deployment(source: str, settings: ServeSettings | None = None, replicas: Rep
     settings, replicas = settings or ServeSettings(), replicas or Replicas()
 
     def build_app():  # runs on each replica: the model is loaded there, once
-        from attrnet.inference import load_model
-        from attrnet.serve.app import create_app
         model = load_model(source, device=device, runtime=runtime, precision=precision)
         return create_app(model, settings, make_batcher=ServeBatcher)
 
