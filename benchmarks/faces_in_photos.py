@@ -185,6 +185,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=16, help="photos per predict_faces call")
     ap.add_argument("--speed-photos", type=int, default=48, help="photos with 2 faces timed for speed")
+    ap.add_argument("--min-face", type=int, default=None,
+                    help="the detector's smallest face in px (default: FaceDetector's, as predict uses)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +197,7 @@ def main() -> None:
     test = np.flatnonzero(part == 2)
     files = [table.paths[i] for i in test]
     labels = table.labels[test]
-    detector = FaceDetector("cpu")
+    detector = FaceDetector("cpu", **({"min_face": args.min_face} if args.min_face else {}))
     t0 = time.perf_counter()
     photos, truth = make_photos(files, args.photos, args.seed)
     build_s = time.perf_counter() - t0
@@ -225,7 +227,7 @@ def main() -> None:
                     rows["original"].append((k, originals[k]))
             for k, _, _ in gt:
                 rows["whole"].append((k, w))
-    result = {"photos": len(photos), "faces": recall_n, "found": found_n, "recall": found_n / max(1, recall_n),
+    result = {"run": args.run, "min_face": detector.min_face, "photos": len(photos), "faces": recall_n, "found": found_n, "recall": found_n / max(1, recall_n),
               "false_faces_per_photo": false_faces / len(photos), "build_seconds": round(build_s, 1),
               "predict_faces_seconds": {k: round(v, 1) for k, v in seconds.items()}}
     for name, items in rows.items():

@@ -10,4 +10,4 @@ from __future__ import annotations
 
 CELEBA_FRAME = (218, 178)  # (height, width) of CelebA's aligned images
 # (x, y) in that frame of the left eye, right eye, nose, left and right mouth corners (as seen in the image)
-CELEBA_TEMPLATE = ((69.97, 112.29), (109.24, 112.16), (89.18, 136.51), (72.09, 154.05), (107.07, 153.86))
+CELEBA_TEMPLATE = ((70.17, 112.25), (109.15, 112.18), (89.13, 136.24), (72.25, 153.82), (106.80, 153.73))
