@@ -148,8 +148,11 @@ def test_the_photos_people_have(face_model, tmp_path):
                                            tmp_path / "big.jpg", tmp_path / "corrupt.jpg", frozen])
     assert [i for i, _ in result.failed] == [4]
     assert [len(f) for f in result.faces] == [1, 1, 1, 1, 0, 1]
-    for i in (0, 1, 2, 5):  # the same face, where the upright photo has it (JPEG and grey: a pixel or two off)
-        np.testing.assert_allclose(result.faces[i][0]["box"], ref[0]["box"], atol=6)
+    # the same face where the upright photo has it: JPEG, grey and alpha change the pixels a little, and MTCNN's
+    # box regression moves an edge by a few per cent of the face's width; another face would be off by all of it
+    width = ref[0]["box"][2] - ref[0]["box"][0]
+    for i in (0, 1, 2, 5):
+        np.testing.assert_allclose(result.faces[i][0]["box"], ref[0]["box"], atol=0.1 * width)
     assert result.faces[3][0]["box"][0] > 1400
 
 
