@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/attrnet demo --out runs
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

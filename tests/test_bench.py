@@ -67,18 +67,19 @@ def test_unknown_case_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_precision_modes_times_four_modes_interleaved_and_repeated(tmp_path, monkeypatch):
-    """Called as run_bench with repeats=2 (the CLI's default is 3 on CPU): 32 images, two batches of 16."""
+    """Called as run_bench with repeats=2 (the CLI's default is 3 on CPU): 16 images, two batches of 8 (bf16 is
+    emulated on CPUs without it, and slow: the smallest run that still has two batches)."""
     import argparse
     import math
 
     from attrnet.bench import run_bench
 
     monkeypatch.setenv("ATTRNET_CPU_BF16", "0")  # a CPU without native bf16: auto must be plain fp32
-    args = argparse.Namespace(device="cpu", n=32, image_size=32, batch_size=16, attributes=3, backbone="resnet18",
+    args = argparse.Namespace(device="cpu", n=16, image_size=32, batch_size=8, attributes=3, backbone="resnet18",
                               cases="precision_modes", data=None, workdir=str(tmp_path), repeats=2)
     row, summary = list(run_bench(args))
     assert "error" not in row, row
-    assert (row["repeats"], row["train_images"], row["predict_images"], row["predict_batch_size"]) == (2, 32, 32, 32)
+    assert (row["repeats"], row["train_images"], row["predict_images"], row["predict_batch_size"]) == (2, 16, 16, 16)
     assert (row["auto"], row["native_bf16"]) == ("fp32", False)
     assert row["torch_threads"] >= 1 and row["peak_rss_mb"] > 50
     modes = row["modes"]

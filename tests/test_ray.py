@@ -1,7 +1,8 @@
 """attrnet on Ray (pip install 'attrnet[ray]'): `predict --ray` labels a folder with Ray Data, writes what plain
 `predict` writes and resumes a stopped run without redoing finished files; `serve --ray` is the same app as a Ray
 Serve deployment, with the plain server's answers and refusals. One local Ray instance (2 CPUs) serves the
-module (starting one takes seconds); xdist keeps the module on one worker (xdist_group)."""
+module (starting one takes seconds): make test gives each file to one xdist worker (--dist loadfile; the xdist_group
+mark keeps it so under --dist loadgroup)."""
 
 from __future__ import annotations
 
