@@ -6,6 +6,7 @@ keyboard, the bars appear, and the decisions shown must be the API's. Screenshot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -47,6 +48,27 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _serving(app):
+    """`app` under uvicorn in a thread on a free loopback port; yields its URL, stops it after."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -210,26 +232,16 @@ def test_page_fits_a_phone(server, browser, photos, tmp_path):
 
 
 def test_page_asks_for_the_api_key_and_then_works(browser, csv_run, photos):
-    import threading
 
-    import uvicorn
 
     from attrnet.inference import load_model
     from attrnet.serve.app import create_app
     from attrnet.serve.settings import ServeSettings
 
-    port = _free_port()
     app = create_app(load_model(csv_run["run"], device="cpu"), ServeSettings(api_key="open-sesame"))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with _serving(app) as url:
         page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(f"{url}/")
         page.wait_for_selector("#key-form", state="visible")
         assert "needs an API key" in page.text_content("#model-summary")
         page.fill("#api-key", "open-sesame")
@@ -239,19 +251,14 @@ def test_page_asks_for_the_api_key_and_then_works(browser, csv_run, photos):
         page.set_input_files("#file", [str(photos[0])])
         page.wait_for_selector(".result[data-state=done]", timeout=60_000)
         page.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_page_draws_each_face_of_a_photo_with_its_attributes(browser, tmp_path_factory, tmp_path):
     """A face model: the photo with one numbered box per face, where the API says the face is, and each face's
     attributes as the API gives them."""
     pytest.importorskip("facenet_pytorch", reason="the faces extra is not installed")
-    import threading
 
     import matplotlib
-    import uvicorn
     from PIL import Image
 
     from attrnet.engine.train import fit
@@ -269,17 +276,7 @@ def test_page_draws_each_face_of_a_photo_with_its_attributes(browser, tmp_path_f
     path = tmp_path / "two.jpg"
     photo.save(path, "JPEG", quality=95)
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(load_model(base / "run", device="cpu")), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
+    with _serving(create_app(load_model(base / "run", device="cpu"))) as url:
         api = httpx.post(f"{url}/v1/predict", files={"file": ("two.jpg", path.read_bytes())}, timeout=60).json()
         faces = api["results"][0]["faces"]
         assert len(faces) == 2
@@ -308,6 +305,3 @@ def test_page_draws_each_face_of_a_photo_with_its_attributes(browser, tmp_path_f
         _screenshot(page, tmp_path, "serve-faces.png")
         assert problems == []
         page.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
