@@ -126,6 +126,26 @@ def check_output(out: str | Path | None) -> Path | None:
     return out
 
 
+def csv_header(names: list[str]) -> list[str]:
+    """The CSV columns of predict (and predict --ray): image, each attribute's probability, each decision."""
+    return ["image"] + [f"{a}_prob" for a in names] + names
+
+
+def csv_row(image: str, probs, decisions) -> list:
+    return [image] + [f"{v:.5f}" for v in probs] + [int(d) for d in decisions]
+
+
+def json_row(image: str, names: list[str], probs, decisions) -> dict:
+    return {"image": image, "probabilities": dict(zip(names, map(float, probs))),
+            "attributes": dict(zip(names, map(int, decisions)))}
+
+
+def json_document(names: list[str], thresholds, rows: list[dict], unreadable) -> str:
+    """The JSON file of predict (and predict --ray); unreadable: (image, why) pairs."""
+    return json.dumps({"attributes": names, "thresholds": [float(t) for t in thresholds], "images": rows,
+                       "unreadable": [{"image": str(b), "reason": why} for b, why in unreadable]}, indent=1)
+
+
 def predict_to_file(model, paths: list[Path], out: str | Path | None,
                     batch_size: int = 256) -> tuple[int, list[tuple[Path, str]], list[dict]]:
     """Predict every image (find_images' list); write CSV (streamed) or JSON; returns (count, [(unreadable, why)],
@@ -140,26 +160,22 @@ def predict_to_file(model, paths: list[Path], out: str | Path | None,
         fh = open(tmp, "w", newline="") if use_csv else None
         writer = csv.writer(fh) if fh else None
         if writer:
-            writer.writerow(["image"] + [f"{a}_prob" for a in names] + names)
+            writer.writerow(csv_header(names))
         for batch_paths, probs, bad in iter_files(model, paths, batch_size):
             bad_all += bad
             dec = model.decisions(probs)
             for p, pr, d in zip(batch_paths, probs, dec):
                 n += 1
                 if writer:
-                    writer.writerow([str(p)] + [f"{v:.5f}" for v in pr] + d.tolist())
+                    writer.writerow(csv_row(str(p), pr, d))
                 else:
-                    rows.append({"image": str(p), "probabilities": dict(zip(names, map(float, pr))),
-                                 "attributes": dict(zip(names, map(int, d)))})
+                    rows.append(json_row(str(p), names, pr, d))
         if fh:
             fh.close()
         if n == 0:  # raised inside the atomic write: no empty output file replaces anything
             raise AttrnetError(f"none of the {len(paths)} image(s) could be read: {bad_all[0][1]}")
         if out is not None and not use_csv:
-            Path(tmp).write_text(json.dumps({"attributes": names, "thresholds": model.thresholds.tolist(),
-                                             "images": rows,
-                                             "unreadable": [{"image": str(b), "reason": why} for b, why in bad_all]},
-                                            indent=1))
+            Path(tmp).write_text(json_document(names, model.thresholds, rows, bad_all))
     return n, bad_all, rows
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 from attrnet import atomic
 from attrnet.errors import AttrnetError
 from attrnet.inference import load_model
+from attrnet.predict import csv_header, csv_row, json_document, json_row
 
 log = logging.getLogger(__name__)
 OUTPUT_SUFFIXES = (".csv", ".json", ".parquet")
@@ -156,17 +156,13 @@ def _merge(parts: Path, paths: list[Path], out: Path, names: list[str], threshol
                    **{a: decisions[:, j] for j, a in enumerate(names)}}
         with atomic.atomic_path(out) as tmp:
             pq.write_table(pa.table(columns), tmp)
-    elif suffix == ".csv":  # the columns and number format of attrnet.predict.predict_to_file
+    elif suffix == ".csv":  # the columns and number format of attrnet predict
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["image"] + [f"{a}_prob" for a in names] + names)
-        for p, pr, dec in zip(good, probs, decisions):
-            writer.writerow([p] + [f"{v:.5f}" for v in pr] + dec.tolist())
+        writer.writerow(csv_header(names))
+        writer.writerows(csv_row(p, pr, dec) for p, pr, dec in zip(good, probs, decisions))
         atomic.write_text(out, buf.getvalue())
     else:
-        atomic.write_text(out, json.dumps({
-            "attributes": names, "thresholds": [float(t) for t in thresholds],
-            "images": [{"image": p, "probabilities": dict(zip(names, map(float, pr))),
-                        "attributes": dict(zip(names, map(int, dec)))} for p, pr, dec in zip(good, probs, decisions)],
-            "unreadable": [{"image": p, "reason": why} for p, why in unreadable]}, indent=1))
+        rows = [json_row(p, names, pr, dec) for p, pr, dec in zip(good, probs, decisions)]
+        atomic.write_text(out, json_document(names, thresholds, rows, unreadable))
     return unreadable, len(good)
