@@ -75,8 +75,9 @@ def test_precision_modes_times_four_modes_interleaved_and_repeated(tmp_path, mon
     from attrnet.bench import run_bench
 
     monkeypatch.setenv("ATTRNET_CPU_BF16", "0")  # a CPU without native bf16: auto must be plain fp32
-    args = argparse.Namespace(device="cpu", n=16, image_size=32, batch_size=8, attributes=3, backbone="resnet18",
-                              cases="precision_modes", data=None, workdir=str(tmp_path), repeats=2)
+    args = argparse.Namespace(device="cpu", n=16, image_size=32, batch_size=8, attributes=3,
+                              backbone="mobilenet_v3_small", cases="precision_modes", data=None, workdir=str(tmp_path),
+                              repeats=2)
     row, summary = list(run_bench(args))
     assert "error" not in row, row
     assert (row["repeats"], row["train_images"], row["predict_images"], row["predict_batch_size"]) == (2, 16, 16, 16)

@@ -3,6 +3,7 @@ exports (ONNX, Hub folder) that reproduce the PyTorch probabilities, and no trai
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -38,8 +39,10 @@ def run(request, csv_run, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("latent")
     best = load_checkpoint(csv_run["run"])
-    cfg = config_from_dict(best["config"])
-    cfg.model.pretrained = False
+    config = copy.deepcopy(best["config"])
+    # resnet18's CNNs: a third of mobilenet_v3_small's operations, and the ONNX export's time is per operation
+    config["model"].update(backbone="resnet18", pretrained=False)
+    cfg = config_from_dict(config)
     torch.manual_seed(0)
     cnns = [build_model(cfg.model, 1, 3).eval() for _ in range(2)]
     for cnn in cnns:  # BatchNorm statistics that are not the initial ones, so that eval mode matters
@@ -52,7 +55,7 @@ def run(request, csv_run, tmp_path_factory) -> Path:
     model_file.save_file(folder / "mtl_model.pt", {
         "kind": KIND_LATENT_TASK, "L": torch.randn(dim, 2), "S": torch.randn(2, 2), "b": torch.tensor([0.1, -0.2]),
         "attributes": best["attributes"], "feature_mean": torch.randn(2, dim) * 0.1,
-        "feature_std": torch.rand(2, dim) + 0.5, "features": "per_attribute", "config": best["config"],
+        "feature_std": torch.rand(2, dim) + 0.5, "features": "per_attribute", "config": config,
         "thresholds": [0.4, 0.6], "image_size": [16, 16], "grayscale": False, "resize": "squash"})
     return folder
 
@@ -137,10 +140,25 @@ def _export(argv, capsys) -> int:
     return main([str(a) for a in argv])
 
 
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory):
+    """export(run, tta): `attrnet export RUN --format onnx --tta TTA` once per run and tta for the module, its
+    path after. An export takes seconds (torch.export traces and decomposes the graph) and writes the same
+    graph each time, so the tests that compare runtimes share it."""
+    made: dict[tuple[str, str], Path] = {}
+
+    def export(run, tta: str = "none") -> Path:
+        if (str(run), tta) not in made:
+            out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+            assert main(["export", str(run), "--format", "onnx", "--out", str(out), "--tta", tta]) == 0
+            made[str(run), tta] = out
+        return made[str(run), tta]
+    return export
+
+
 @pytest.mark.parametrize("tta", ["none", "flip"])
-def test_onnx_export_matches_pytorch(tmp_path, run, csv_run, capsys, tta):
-    out = tmp_path / "model.onnx"
-    assert _export(["export", run, "--format", "onnx", "--out", out, "--tta", tta], capsys) == 0
+def test_onnx_export_matches_pytorch(run, csv_run, onnx_export, tta):
+    out = onnx_export(run, tta)
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["attributes"] == ["A", "B"] and sidecar["tta"] == tta
     assert sidecar["preprocessing"]["image_size"] == [16, 16] and sidecar["preprocessing"]["resize"] == "squash"
@@ -154,13 +172,12 @@ def test_onnx_export_matches_pytorch(tmp_path, run, csv_run, capsys, tta):
     np.testing.assert_array_equal(onnx_model.thresholds, torch_model.thresholds)
 
 
-def test_predict_cli_precision_fp32_matches_the_onnx_graph(tmp_path, run, csv_run, capsys, caplog):
+def test_predict_cli_precision_fp32_matches_the_onnx_graph(tmp_path, run, csv_run, onnx_export, capsys, caplog):
     """`predict --precision fp32` (the choice logged) gives the exported graph's probabilities to 1e-4, whatever
     the CPU; the CSV's 5 decimals add at most 5e-6 each."""
     import csv as csvlib
     import logging
-    out = tmp_path / "model.onnx"
-    assert _export(["export", run, "--format", "onnx", "--out", out], capsys) == 0
+    out = onnx_export(run, "none")
     tables = {}
     for name, model, extra in (("torch", run, ["--precision", "fp32", "--device", "cpu"]), ("onnx", out, [])):
         with caplog.at_level(logging.INFO, logger="attrnet.inference.model"):
@@ -194,6 +211,7 @@ def test_hub_folder_reproduces_the_checkpoint_exactly(tmp_path, run, csv_run, ca
 def test_predict_cli_reads_exports(tmp_path, csv_run, capsys):
     out = tmp_path / "model.onnx"
     assert _export(["export", csv_run["run"], "--format", "onnx", "--out", out], capsys) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["tta"] == "none"  # export's default: no TTA baked in
     for model, extra in ((out, []), (csv_run["run"], ["--device", "cpu"])):
         assert main(["predict", str(model), str(csv_run["data"]), "--out", str(tmp_path / "p.json"), *extra]) == 0
         rows = json.loads((tmp_path / "p.json").read_text())["images"]
@@ -205,13 +223,12 @@ CELEBA = REPO.parent / "shared" / "data" / "celeba-8k"
 
 @pytest.mark.skipif(not CELEBA.is_dir(), reason=f"real CelebA copy not at {CELEBA}")
 @pytest.mark.parametrize("tta", ["none", "flip"])
-def test_onnx_and_hub_match_pytorch_on_200_real_celeba_images(tmp_path, run, capsys, tta):
+def test_onnx_and_hub_match_pytorch_on_200_real_celeba_images(tmp_path, run, onnx_export, capsys, tta):
     """The runtimes agree on real photos (resized to the model's size), not only on noise."""
     files = sorted((CELEBA / "img_align_celeba").glob("*.jpg"))[:200]
-    assert _export(["export", run, "--format", "onnx", "--out", tmp_path / "m.onnx", "--tta", tta], capsys) == 0
     assert _export(["export", run, "--format", "hub", "--out", tmp_path / "hub", "--tta", tta], capsys) == 0
     torch_probs = load_model(run, "cpu", tta=tta, precision="fp32").predict(files).probabilities
-    onnx_probs = load_model(tmp_path / "m.onnx", runtime="onnx").predict(files).probabilities
+    onnx_probs = load_model(onnx_export(run, tta), runtime="onnx").predict(files).probabilities
     hub_probs = load_model(tmp_path / "hub", "cpu", precision="fp32").predict(files).probabilities
     assert torch_probs.shape == (200, 2)
     assert np.abs(onnx_probs - torch_probs).max() <= 1e-4

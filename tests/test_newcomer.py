@@ -99,8 +99,11 @@ def test_exports_are_readable_by_others_and_never_clobbered(run_cli, csv_run, tm
         assert hub.stat().st_mode & 0o777 == 0o755
         assert {p.name: p.stat().st_mode & 0o777 for p in hub.iterdir()} == {
             "config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}
+        # an earlier ONNX export: two files the refusal must leave as they are (an export takes seconds; what
+        # the files hold does not matter to the refusal, and --overwrite must replace both with a real export)
         onnx = tmp_path / "m.onnx"
-        assert run_cli(["export", csv_run["run"], "--format", "onnx", "--out", onnx])[0] == 0
+        onnx.write_bytes(b"an earlier export")
+        onnx.with_suffix(".json").write_text("{}")
         for fmt, out in (("onnx", onnx), ("hub", hub)):
             stamp = sorted((p.name, p.stat().st_mtime_ns) for p in ([out] if out.is_file() else out.iterdir()))
             code, _, err = run_cli(["export", csv_run["run"], "--format", fmt, "--out", out])
@@ -108,6 +111,9 @@ def test_exports_are_readable_by_others_and_never_clobbered(run_cli, csv_run, tm
             assert sorted((p.name, p.stat().st_mtime_ns) for p in ([out] if out.is_file() else out.iterdir())) == stamp
             assert run_cli(["export", csv_run["run"], "--format", fmt, "--out", out, "--overwrite"])[0] == 0
         assert sorted(p.name for p in hub.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+        import onnx as onnxlib
+        assert onnxlib.load(str(onnx)).graph.input[0].name == "images"  # replaced by the new export...
+        assert json.loads(onnx.with_suffix(".json").read_text())["attributes"] == csv_run["names"]  # ...and its sidecar
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left behind
     finally:
         os.umask(old)

@@ -213,7 +213,7 @@ def clothing_fixture(tmp_path_factory) -> Path:
 def _tiny_paper_config(root: Path, cache: Path):
     raw = yaml.safe_load((REPO / "configs" / "clothing-paper.yaml").read_text())
     raw["data"].update(root=str(root), image_size=16, cache_dir=str(cache), val_fraction=0.2, test_fraction=0.3)
-    raw["model"].update(backbone="resnet18", pretrained=False, tta="none", latent_tasks=4)
+    raw["model"].update(backbone="mobilenet_v3_small", pretrained=False, tta="none", latent_tasks=4)
     raw["train"].update(epochs=1, max_steps_per_epoch=1, batch_size=8, device="cpu", ema=0.0)
     raw["mtl"].update(grid=None, max_outer=20)
     return config_from_dict(raw)
