@@ -22,6 +22,7 @@ def bench_rows(tmp_path_factory):
     return {r["case"]: r for r in map(json.loads, out.read_text().splitlines())}
 
 
+@pytest.mark.slow
 def test_every_case_reports_its_throughput_and_memory(bench_rows):
     assert list(bench_rows) == CASES.split(",") + ["summary"]
     for case in CASES.split(","):

@@ -116,6 +116,7 @@ def _initial_weights() -> dict[str, torch.Tensor]:
     return build_model(ModelConfig(), 8, 3).state_dict()
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_match_one_process_and_resume(data_root: Path, tmp_path: Path) -> None:
     base = COMMON + [f"data.root={data_root}"]
     r1, r2 = tmp_path / "R1", tmp_path / "R2"
@@ -151,6 +152,7 @@ def test_two_cpu_ranks_match_one_process_and_resume(data_root: Path, tmp_path: P
     _assert_same_weights(r1, r2)
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_match_one_process_with_a_gradient_weighting(data_root: Path, tmp_path: Path) -> None:
     """MGDA-UB through DDP: known counts, loss sums and the Gram matrix of the per-attribute feature gradients
     are all-reduced, every rank computes the same weights, and the heads' and the backbone's backward passes

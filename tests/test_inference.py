@@ -156,6 +156,7 @@ def onnx_export(tmp_path_factory):
     return export
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tta", ["none", "flip"])
 def test_onnx_export_matches_pytorch(run, csv_run, onnx_export, tta):
     out = onnx_export(run, tta)

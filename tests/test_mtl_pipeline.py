@@ -98,6 +98,7 @@ def test_run_mtl_shared_features(synth_root: Path, cache_dir: Path, tmp_path: Pa
     assert m2["features"]["cached"] and m2["solver"]["mu"] == 0.5 and m2["timings"]["features"] < 1.0
 
 
+@pytest.mark.slow
 def test_run_mtl_per_attribute_features(synth_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     cfg = synth_config(synth_root, cache_dir, features="per_attribute", models_per_pass=5,
                        per_attribute_training="vmap")

@@ -71,6 +71,7 @@ def test_a_read_only_array_gives_no_warning(csv_run):
 
 
 # 6 -----------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_export_and_predict_print_no_third_party_logs_and_no_progress_escapes(csv_run, tmp_path):
     """stderr not a terminal (a log file): no progress-bar escapes, no onnxscript INFO lines; attrnet's own
     lines only, and --quiet leaves warnings and errors only."""

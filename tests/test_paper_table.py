@@ -219,6 +219,7 @@ def _tiny_paper_config(root: Path, cache: Path):
     return config_from_dict(raw)
 
 
+@pytest.mark.slow
 def test_paper_table_end_to_end_and_reuses_finished_runs(clothing_fixture, tmp_path, monkeypatch):
     cfg = _tiny_paper_config(clothing_fixture, tmp_path / "cache")
     out = tmp_path / "table"

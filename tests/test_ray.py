@@ -65,6 +65,7 @@ def _rows(path: Path) -> dict[str, list[str]]:
     return {Path(r[0]).name: r[1:] for r in rows[1:]} | {"header": rows[0]}
 
 
+@pytest.mark.slow
 def test_predict_on_ray_resumes_and_writes_what_predict_writes(local_ray, csv_run, folder, tmp_path, run_cli):
     run, out = csv_run["run"], tmp_path / "rows.csv"
     paths = find_images([folder])
@@ -108,6 +109,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_serve_on_ray_answers_and_refuses_as_the_plain_server(local_ray, csv_run):
     images = sorted(Path(csv_run["data"]).glob("*.jpg"))[:4]
     settings = ServeSettings(**SETTINGS)

@@ -548,6 +548,7 @@ def test_serving_imports_no_training_code():
     assert out == ""
 
 
+@pytest.mark.slow
 def test_onnx_runtime_serves_the_same_probabilities(csv_run, model, images, tmp_path):
     pytest.importorskip("onnxruntime", reason="the export extra is not installed")
     from attrnet.inference.export import export_onnx
