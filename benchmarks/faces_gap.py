@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 
 import numpy as np
 import torch
-from faces_in_photos import EYE_DISTANCE, PHOTO, TEMPLATE, accuracy, background, soft_mask
+from faces_in_photos import PHOTO, accuracy, background, pose_transform, soft_mask
 
 from attrnet.config import config_from_dict
 from attrnet.data.formats import assign_partition, read_table
@@ -45,10 +44,7 @@ def ellipse_mask() -> torch.Tensor:
 def repose_and_back(face: torch.Tensor, eye_distance: float, roll: float) -> torch.Tensor:
     """face (uint8 [3, 218, 178]) posed into an 800 x 600 photo at eye_distance px, rolled by roll degrees, and
     taken back into the aligned frame by the exact inverse transform."""
-    r, s = math.radians(roll), eye_distance / EYE_DISTANCE
-    rot = s * np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
-    eyes = TEMPLATE[:2].mean(0)
-    T = np.concatenate([rot, (np.array([400.0, 300.0]) - rot @ eyes)[:, None]], axis=1)  # frame -> photo
+    T = pose_transform(400.0, 300.0, eye_distance, roll)
     photo = warp_faces(face, [T], PHOTO)[0]
     return warp_faces(photo, [invert_transform(T)], CELEBA_FRAME)[0]
 

@@ -68,6 +68,14 @@ def soft_mask() -> torch.Tensor:
     return torch.from_numpy(np.clip(edge / 8, 0, 1)).float()
 
 
+def pose_transform(x: float, y: float, eye_distance: float, roll: float) -> np.ndarray:
+    """The similarity (2 x 3, frame -> photo) that puts the template's eye midpoint at (x, y), eye_distance px
+    between the eyes, rolled by roll degrees."""
+    a, s = math.radians(roll), eye_distance / EYE_DISTANCE
+    rot = s * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    return np.concatenate([rot, (np.array([x, y]) - rot @ TEMPLATE[:2].mean(0))[:, None]], axis=1)
+
+
 def make_photos(files: list[Path], n_photos: int, seed: int) -> tuple[list[np.ndarray], list]:
     """(photos uint8 [H, W, 3], per photo [(test index, eye midpoint, eye distance)]), re-posing the test faces in
     order: each face appears once."""
@@ -83,7 +91,6 @@ def make_photos(files: list[Path], n_photos: int, seed: int) -> tuple[list[np.nd
             if k >= len(files):
                 break
             d, angle = rng.uniform(22, 70), rng.uniform(-30, 30)
-            s = d / EYE_DISTANCE
             for _ in range(50):  # a place that does not overlap the faces already there
                 cx, cy = rng.uniform(0.1, 0.9) * PHOTO[1], rng.uniform(0.1, 0.9) * PHOTO[0]
                 if all(math.hypot(cx - x, cy - y) > 3.2 * (d + dd) for x, y, dd in placed):
@@ -91,10 +98,7 @@ def make_photos(files: list[Path], n_photos: int, seed: int) -> tuple[list[np.nd
             else:
                 continue
             placed.append((cx, cy, d))
-            a = math.radians(angle)
-            rot = s * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-            eyes = TEMPLATE[:2].mean(0)
-            T = np.concatenate([rot, (np.array([cx, cy]) - rot @ eyes)[:, None]], axis=1)  # frame -> photo
+            T = pose_transform(cx, cy, d, angle)
             crop = load_image(files[k], CELEBA_FRAME)                                       # the aligned original
             layer = warp_faces(crop, [T], PHOTO)[0].float()
             alpha = warp_faces((mask * 255).round().to(torch.uint8)[None], [T], PHOTO)[0].float() / 255
